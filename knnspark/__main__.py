@@ -1,0 +1,5 @@
+import sys
+
+from knnspark.cli import main
+
+sys.exit(main())

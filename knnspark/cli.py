@@ -1,0 +1,228 @@
+"""``knnspark`` command line: ``run`` (the neighbour job) and ``generate`` (synthetic data).
+
+``spark-submit jobs/all_items_knn.py`` calls :func:`main` with the same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from knnspark import __version__
+from knnspark.config import METHODS, KnnConfig, load_toml, merge_config
+from knnspark.errors import KnnsparkError
+
+__all__ = ["main"]
+
+log = logging.getLogger("knnspark")
+
+# Keys a config file may hold besides KnnConfig's fields.
+_JOB_KEYS = ("input", "output", "input_format", "mode", "master", "driver_memory", "show")
+_JOB_DEFAULTS: dict[str, Any] = {
+    "input_format": "parquet",
+    "mode": "error",
+    "master": None,
+    "driver_memory": "4g",
+    "show": 0,
+}
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="compute the top-k neighbour table of an embeddings table",
+        description="Compute every item's top-k most cosine-similar other items and write them "
+        "as Parquet (item_id, neighbor_id, rank, score) with a _manifest.json.",
+    )
+    # Every default is None here so that only flags actually given override the config file.
+    p.add_argument("--input", help="input table path (Parquet unless --input-format)")
+    p.add_argument("--output", help="output directory for the neighbour table")
+    p.add_argument("--k", type=int, help="neighbours per item (default 10)")
+    p.add_argument("--method", choices=METHODS, help="kmeans (default) or exact")
+    p.add_argument("--n-probe", type=int, help="buckets each item queries (default: automatic)")
+    p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
+    p.add_argument(
+        "--target-bucket-size", type=int, help="items per bucket for automatic n_clusters"
+    )
+    p.add_argument("--config", help="TOML config file (see conf/); flags override it")
+    p.add_argument("--id-col", help="id column (default id)")
+    p.add_argument("--vector-col", help="vector column (default vector)")
+    p.add_argument("--input-format", help="Spark reader format (default parquet)")
+    p.add_argument(
+        "--mode",
+        choices=("error", "overwrite"),
+        help="if the output exists: error (default) or overwrite",
+    )
+    p.add_argument("--seed", type=int, help="seed of every random choice (default 42)")
+    p.add_argument(
+        "--recall-sample",
+        type=int,
+        help="items sampled for the recall estimate (default 1000, 0 = off)",
+    )
+    p.add_argument(
+        "--max-bucket-members", type=int, help="members per UDF call before a bucket is split"
+    )
+    p.add_argument(
+        "--max-bucket-queries", type=int, help="queries per UDF call before a bucket is split"
+    )
+    p.add_argument(
+        "--master",
+        help="Spark master for a local run (default local[*]; ignored under spark-submit unless given)",
+    )
+    p.add_argument("--driver-memory", help="driver memory of a local embedded Spark (default 4g)")
+    p.add_argument("--show", type=int, help="print the neighbours of this many items at the end")
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="write seeded synthetic clustered embeddings to Parquet",
+        description="Seeded synthetic clustered embeddings (topics of low intrinsic dimension, "
+        "Zipf topic sizes, some near-duplicates) as Parquet columns id, vector.",
+    )
+    p.add_argument("--output", required=True)
+    p.add_argument("--n", type=int, default=100_000, help="rows (default 100000)")
+    p.add_argument("--dim", type=int, default=100, help="dimensions (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--string-ids", action="store_true", help="ids as strings item-<n>")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="knnspark", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"knnspark {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    _generate_parser(sub)
+    return parser
+
+
+def resolve_run_args(args: argparse.Namespace) -> tuple[dict[str, Any], KnnConfig]:
+    """Job options and :class:`KnnConfig` from defaults < config file < flags."""
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_toml(args.config))
+    flags = {
+        key: value
+        for key, value in vars(args).items()
+        if value is not None and key not in ("command", "config", "log_level")
+    }
+    values.update(flags)
+    job = {**_JOB_DEFAULTS, **{key: values.pop(key) for key in _JOB_KEYS if key in values}}
+    for key in ("input", "output"):
+        if not job.get(key):
+            raise KnnsparkError(f"--{key} is required (on the command line or in the config file)")
+    return job, merge_config(values)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from knnspark import io
+    from knnspark.pipeline import compute_neighbors
+    from knnspark.session import get_session
+
+    job, config = resolve_run_args(args)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    spark = get_session(master=job["master"], driver_memory=job["driver_memory"])
+    io.check_output(spark, job["output"], job["mode"])
+    df = io.read_input(spark, job["input"], job["input_format"])
+    result = compute_neighbors(df, config)
+    write_start = time.perf_counter()
+    log.info("stage write started: %s", job["output"])
+    spark.sparkContext.setJobDescription("knnspark: write")
+    io.write_table(result.table, job["output"], job["mode"])
+    result.report.timings["write"] = time.perf_counter() - write_start
+    log.info("stage write done in %.1fs", result.report.timings["write"])
+    n_rows = spark.read.parquet(job["output"]).count()
+    result.report.counts["n_output_rows"] = n_rows
+    manifest = {
+        "knnspark_version": __version__,
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "input": {"path": job["input"], "format": job["input_format"]},
+        "output": {
+            "path": job["output"],
+            "mode": job["mode"],
+            "columns": ["item_id", "neighbor_id", "rank", "score"],
+        },
+        "parameters": dataclasses.asdict(config),
+        "spark": {
+            "version": spark.version,
+            "master": spark.sparkContext.master,
+            "default_parallelism": spark.sparkContext.defaultParallelism,
+        },
+        **result.report.to_dict(),
+    }
+    path = io.write_manifest(spark, job["output"], manifest)
+    recall = manifest["recall"]
+    summary = {
+        "output": job["output"],
+        "manifest": path,
+        "n_items": manifest["counts"].get("n_items"),
+        "n_output_rows": n_rows,
+        "recall_at_k": None if recall is None else recall["recall_at_k"],
+        "recall_ci95": None if recall is None else [recall["ci95_low"], recall["ci95_high"]],
+        "wall_time_s": manifest["wall_time_s"],
+    }
+    print(json.dumps(summary, indent=2))
+    if job["show"]:
+        table = spark.read.parquet(job["output"])
+        first = [
+            r[0]
+            for r in table.select("item_id")
+            .distinct()
+            .orderBy("item_id")
+            .limit(int(job["show"]))
+            .collect()
+        ]
+        table.filter(table.item_id.isin(first)).orderBy("item_id", "rank").show(
+            len(first) * config.k, truncate=False
+        )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from knnspark.generate import write_synthetic
+
+    t0 = time.perf_counter()
+    path = write_synthetic(
+        args.output, args.n, args.dim, seed=args.seed, string_ids=args.string_ids
+    )
+    log.info(
+        "wrote %d x %d synthetic embeddings to %s in %.1fs",
+        args.n,
+        args.dim,
+        path,
+        time.perf_counter() - t0,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _generate(args)
+    except KnnsparkError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        print(f"knnspark: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Pure numpy top-k cosine kernel.
+
+Everything the Spark UDFs compute goes through this module, so it is unit-tested against a numpy
+brute force without Spark. No pandas or pyspark imports here, on purpose: this module runs inside
+Python workers and must stay importable and testable on its own.
+
+Ordering convention used everywhere: neighbours are ranked by ``(score desc, key asc)``. The top-k
+selection encodes that order into one ``uint64`` per candidate (inverted order-preserving float bits
+in the high word, the member's position in key order in the low word), so ``argpartition`` gives an
+exact, tie-free and input-order-independent answer: the same table whatever order Spark hands the
+rows over in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "l2_normalize",
+    "merge_topk",
+    "query_block_rows",
+    "topk_cosine",
+]
+
+#: Memory budget of one query block's score matrices (float32 scores + uint64 sort keys).
+DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024
+
+_SIGN = np.uint32(0x80000000)
+
+
+def l2_normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale each row to unit L2 norm.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        Finite vectors (float32 or float64).
+
+    Returns
+    -------
+    unit : ndarray of shape (n, d), float32
+        ``x / ||x||``; rows with zero norm are left as zeros (callers reject them first).
+    norms : ndarray of shape (n,), float64
+        The norms, computed in float64 so tiny vectors are not flushed to zero.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    safe = np.where(norms > 0, norms, 1.0)
+    return (x64 / safe[:, None]).astype(np.float32), norms
+
+
+def query_block_rows(
+    n_members: int, k: int, dim: int, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> int:
+    """Number of query rows scored at once so one block stays within ``block_bytes``.
+
+    A block holds a float32 score matrix and a uint64 sort-key matrix (12 bytes a pair) and the
+    float64 re-scoring gather of the selected neighbours (8 bytes per element of ``k`` vectors).
+    """
+    per_row = 12 * max(n_members, 1) + 8 * max(k, 1) * max(dim, 1)
+    return int(max(1, min(65536, block_bytes // per_row)))
+
+
+def _sort_keys(scores: np.ndarray) -> np.ndarray:
+    """uint64 keys, ascending = (score desc, column asc); ``scores`` is float32 (b, m)."""
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    # Order-preserving map float32 -> uint32 (negative floats: flip all bits, else set the sign).
+    ordered = np.where(bits & _SIGN, ~bits, bits | _SIGN)
+    high = (~ordered).astype(np.uint64) << np.uint64(32)
+    return high | np.arange(scores.shape[1], dtype=np.uint64)[None, :]
+
+
+def topk_cosine(
+    queries: np.ndarray,
+    query_keys: np.ndarray,
+    members: np.ndarray,
+    member_keys: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = True,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k most cosine-similar members of every query, by blocks of queries.
+
+    Parameters
+    ----------
+    queries : ndarray of shape (n_queries, d), float32
+        L2-normalised query vectors.
+    query_keys : ndarray of shape (n_queries,), int64
+        Item keys of the queries.
+    members : ndarray of shape (n_members, d), float32
+        L2-normalised member vectors.
+    member_keys : ndarray of shape (n_members,), int64
+        Item keys of the members, unique.
+    k : int
+        Neighbours wanted per query.
+    exclude_self : bool, default True
+        Never return a member whose key equals the query's key.
+    block_bytes : int
+        Memory budget per query block (see :func:`query_block_rows`).
+
+    Returns
+    -------
+    neighbor_keys : ndarray of shape (n_queries, min(k, n_members)), int64
+        Member keys ranked by (score desc, key asc); ``-1`` where fewer members exist (a query
+        whose only member is itself).
+    scores : ndarray of shape (n_queries, min(k, n_members)), float32
+        Cosine similarities clipped to [-1, 1], re-computed in float64 for the selected pairs so a
+        pair scores the same in every bucket; ``-inf`` where the key is ``-1``.
+    """
+    n_q, n_m = len(query_keys), len(member_keys)
+    kk = min(k, n_m)
+    out_keys = np.full((n_q, kk), -1, dtype=np.int64)
+    out_scores = np.full((n_q, kk), -np.inf, dtype=np.float32)
+    if n_q == 0 or kk <= 0:
+        return out_keys, out_scores
+
+    # Members in key order: a column's position then breaks ties exactly like its key would.
+    order = np.argsort(member_keys, kind="stable")
+    m_keys = np.asarray(member_keys, dtype=np.int64)[order]
+    m_vecs = np.ascontiguousarray(members[order], dtype=np.float32)
+    q_keys = np.asarray(query_keys, dtype=np.int64)
+    q_vecs = np.ascontiguousarray(queries, dtype=np.float32)
+    dim = m_vecs.shape[1]
+
+    if exclude_self:
+        self_pos = np.searchsorted(m_keys, q_keys)
+        self_pos_c = np.minimum(self_pos, n_m - 1)
+        has_self = m_keys[self_pos_c] == q_keys
+    step = query_block_rows(n_m, kk, dim, block_bytes)
+    m_t = m_vecs.T
+    for start in range(0, n_q, step):
+        stop = min(start + step, n_q)
+        scores = q_vecs[start:stop] @ m_t  # (b, n_m) float32 BLAS product
+        if exclude_self:
+            rows = np.nonzero(has_self[start:stop])[0]
+            scores[rows, self_pos_c[start:stop][rows]] = -np.inf
+        sort_keys = _sort_keys(scores)
+        if kk < n_m:
+            part = np.argpartition(sort_keys, kk - 1, axis=1)[:, :kk]
+            top = np.take_along_axis(sort_keys, part, axis=1)
+        else:
+            top = sort_keys
+        top.sort(axis=1)
+        pos = (top & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        sel = np.take_along_axis(scores, pos, axis=1)
+        # Re-score the selected pairs in float64: a pair then gets the same score in whatever
+        # bucket or block shape it was found, which keeps merges and reruns bit-identical.
+        exact = np.einsum(
+            "id,ikd->ik",
+            q_vecs[start:stop].astype(np.float64),
+            m_vecs[pos].astype(np.float64),
+        )
+        exact = np.clip(exact, -1.0, 1.0).astype(np.float32)
+        valid = np.isfinite(sel)
+        exact = np.where(valid, exact, np.float32(-np.inf))
+        keys = np.where(valid, m_keys[pos], -1)
+        # Re-scoring can swap near-equal neighbours: restore (score desc, key asc).
+        resort = np.lexsort((keys, -exact), axis=1)
+        out_keys[start:stop] = np.take_along_axis(keys, resort, axis=1)
+        out_scores[start:stop] = np.take_along_axis(exact, resort, axis=1)
+    return out_keys, out_scores
+
+
+def merge_topk(
+    query_keys: np.ndarray,
+    neighbor_keys: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge candidate lists into the top-k per query key.
+
+    Duplicated (query, neighbour) pairs are collapsed (keeping the highest score), then each
+    query keeps its k best by (score desc, neighbour key asc) and gets ranks 1..k.
+
+    Parameters
+    ----------
+    query_keys, neighbor_keys : ndarray of shape (n,), int64
+        Candidate pairs, in any order.
+    scores : ndarray of shape (n,), float32
+        Their cosine similarities.
+    k : int
+        Neighbours kept per query.
+
+    Returns
+    -------
+    query_keys, neighbor_keys : ndarray of shape (m,), int64
+    scores : ndarray of shape (m,), float32
+    ranks : ndarray of shape (m,), int32
+        Sorted by (query asc, rank asc).
+    """
+    q = np.asarray(query_keys, dtype=np.int64)
+    nb = np.asarray(neighbor_keys, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float32)
+    if len(q) == 0:
+        return q, nb, s, np.zeros(0, dtype=np.int32)
+    # Dedupe: sort by (query, neighbour, score desc) and keep the first of each pair.
+    order = np.lexsort((-s, nb, q))
+    q, nb, s = q[order], nb[order], s[order]
+    first = np.ones(len(q), dtype=bool)
+    first[1:] = (q[1:] != q[:-1]) | (nb[1:] != nb[:-1])
+    q, nb, s = q[first], nb[first], s[first]
+    # Rank: (query asc, score desc, neighbour asc).
+    order = np.lexsort((nb, -s, q))
+    q, nb, s = q[order], nb[order], s[order]
+    starts = np.ones(len(q), dtype=bool)
+    starts[1:] = q[1:] != q[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(q)), 0))
+    ranks = (np.arange(len(q)) - group_start + 1).astype(np.int32)
+    keep = ranks <= k
+    return q[keep], nb[keep], s[keep], ranks[keep]
+
+
+def merge_rows(
+    keys_a: np.ndarray,
+    scores_a: np.ndarray,
+    keys_b: np.ndarray,
+    scores_b: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise merge of two top-k lists of the same queries (the running heap of a scan).
+
+    Parameters
+    ----------
+    keys_a, keys_b : ndarray of shape (n, ka) and (n, kb), int64
+        Neighbour keys, ``-1`` for padding; a key appears in at most one of the two lists.
+    scores_a, scores_b : ndarray of the same shapes, float32
+        Scores, ``-inf`` for padding.
+    k : int
+        Length of the merged lists.
+
+    Returns
+    -------
+    keys : ndarray of shape (n, min(k, ka + kb)), int64
+    scores : ndarray of shape (n, min(k, ka + kb)), float32
+        Best first by (score desc, key asc), padding last.
+    """
+    keys = np.concatenate([keys_a, keys_b], axis=1)
+    scores = np.concatenate([scores_a, scores_b], axis=1)
+    # Padding (-1, -inf) must sort last; -(-inf) = +inf does that whatever the key.
+    order = np.lexsort((keys, -scores), axis=1)[:, :k]
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def mix64(keys: np.ndarray, seed: int = 0) -> np.ndarray:
+    """SplitMix64 hash of int64 keys: a partition-independent, seeded way to spread items.
+
+    Returns
+    -------
+    ndarray of shape keys.shape, uint64
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(keys).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))

@@ -1,0 +1,109 @@
+"""Spherical k-means on the driver, and centroid probing. Pure numpy, no Spark.
+
+The k-means here only has to *partition* the data into buckets whose members are near each other;
+it is trained on a seeded sample (tens of thousands of rows) and its centroids are broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["fit_spherical_kmeans", "nearest_centroids"]
+
+log = logging.getLogger(__name__)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def fit_spherical_kmeans(
+    x: np.ndarray,
+    n_clusters: int,
+    *,
+    n_iter: int = 20,
+    seed: int = 0,
+    tol: float = 1e-4,
+) -> np.ndarray:
+    """Spherical k-means (cosine) by Lloyd iterations.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        L2-normalised training vectors; ``n >= n_clusters``.
+    n_clusters : int
+        Number of centroids.
+    n_iter : int
+        Maximum Lloyd iterations.
+    seed : int
+        Seed of the initial centroid draw and of empty-cluster repair.
+    tol : float
+        Stop when the mean cosine to the assigned centroid improves by less than this.
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, d), float32
+        Unit-norm centroids.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"n_clusters must be in [1, {n}] for {n} training rows, got {n_clusters}")
+    rng = np.random.default_rng(seed)
+    centroids = x[np.sort(rng.choice(n, size=n_clusters, replace=False))].copy()
+    previous = -np.inf
+    for it in range(n_iter):
+        sims = x @ centroids.T
+        labels = np.argmax(sims, axis=1)
+        best = sims[np.arange(n), labels]
+        objective = float(best.mean())
+        sums = np.zeros_like(centroids, dtype=np.float64)
+        np.add.at(sums, labels, x)
+        counts = np.bincount(labels, minlength=n_clusters)
+        empty = np.nonzero(counts == 0)[0]
+        if len(empty):
+            # Re-seed empty clusters with the worst-served points (faiss does the same kind of
+            # repair by splitting big clusters); keeps every bucket useful.
+            worst = np.argsort(best, kind="stable")[: len(empty)]
+            sums[empty] = x[worst]
+        centroids = _unit(sums).astype(np.float32)
+        log.debug("k-means iteration %d: mean cosine %.5f, %d empty", it, objective, len(empty))
+        if len(empty) == 0 and objective - previous < tol:
+            break
+        previous = objective
+    return centroids
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.ndarray:
+    """Indices of the ``n_probe`` most similar centroids of each row, best first.
+
+    Computed in float64 so the choice depends on the row alone, not on which other rows share its
+    batch (BLAS kernels may round float32 differently for different batch shapes); ties go to the
+    lower centroid index.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        Unit vectors.
+    centroids : ndarray of shape (n_clusters, d)
+        Unit centroids.
+    n_probe : int
+        How many centroids to return per row (clipped to ``n_clusters``).
+
+    Returns
+    -------
+    ndarray of shape (n, min(n_probe, n_clusters)), int32
+    """
+    n_c = centroids.shape[0]
+    p = min(n_probe, n_c)
+    sims = np.asarray(x, dtype=np.float64) @ np.asarray(centroids, dtype=np.float64).T
+    if p < n_c:
+        cand = np.argpartition(-sims, p - 1, axis=1)[:, :p]
+    else:
+        cand = np.broadcast_to(np.arange(n_c), sims.shape).copy()
+    cand_sims = np.take_along_axis(sims, cand, axis=1)
+    order = np.lexsort((cand, -cand_sims), axis=1)
+    return np.take_along_axis(cand, order, axis=1).astype(np.int32)

@@ -1,0 +1,612 @@
+"""The Spark plan: validate -> normalise -> bucket -> top-k per bucket -> merge -> recall.
+
+``build_neighbors(df, config)`` is the library entry point for users already in a Spark session;
+``compute_neighbors`` returns the table together with the run report the CLI writes as a manifest.
+This module never creates a SparkSession and does no I/O of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from knnspark import kernel, udfs
+from knnspark.buckets import BucketPlan
+from knnspark.config import KnnConfig
+from knnspark.errors import InputError
+from knnspark.kmeans import fit_spherical_kmeans
+from knnspark.metrics import recall_interval, recall_per_item
+from knnspark.progress import RunReport, stage
+
+__all__ = ["NeighborResult", "Prepared", "build_neighbors", "compute_neighbors", "prepare_input"]
+
+log = logging.getLogger("knnspark")
+
+OUTPUT_COLUMNS = ("item_id", "neighbor_id", "rank", "score")
+_LONG_ID_TYPES = (T.LongType, T.IntegerType, T.ShortType, T.ByteType)
+_CANDIDATE_SCHEMA = "key long, nbr long, score float"
+_MERGED_SCHEMA = "key long, nbr long, rank int, score float"
+#: Rows of candidates one merge group holds (about 20 bytes each).
+_MERGE_GROUP_ROWS = 2_000_000
+#: Queries broadcast at once by an exact scan (recall sample, items short of k).
+_SCAN_QUERIES = 20_000
+_N_EXAMPLES = 5
+
+
+@dataclass
+class Prepared:
+    """Validated, normalised input.
+
+    Attributes
+    ----------
+    data : DataFrame
+        ``key long, vec array<float>`` (unit vectors), persisted.
+    n_items, dim : int
+    id_type : DataType
+        The input id column's type (the output ids get it back).
+    id_map : DataFrame or None
+        ``key long, id`` for string ids (keys are the ids' ranks in sorted order, so ordering by
+        key is ordering by id); ``None`` for integer ids, whose key is the id itself.
+    """
+
+    data: DataFrame
+    n_items: int
+    dim: int
+    id_type: T.DataType
+    id_map: DataFrame | None
+
+
+@dataclass
+class NeighborResult:
+    """The neighbour table (``item_id, neighbor_id, rank, score``) and the run report."""
+
+    table: DataFrame
+    report: RunReport
+
+
+def build_neighbors(df: DataFrame, config: KnnConfig) -> DataFrame:
+    """Top-k cosine neighbours of every item of ``df``.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Has ``config.id_col`` (long/int or string, unique, non-null) and ``config.vector_col``
+        (``array<float>``, ``array<double>`` or ML ``Vector``; equal lengths, finite, non-zero).
+    config : KnnConfig
+
+    Returns
+    -------
+    DataFrame
+        ``item_id`` (the id type), ``neighbor_id``, ``rank`` (int, 1..k), ``score`` (float
+        cosine); exactly ``min(k, n_items - 1)`` rows per item, never the item itself.
+
+    Raises
+    ------
+    InputError
+        When the input fails validation (the message names the check, row count and example ids).
+    """
+    return compute_neighbors(df, config).table
+
+
+def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
+    """Like :func:`build_neighbors`, also returning the :class:`RunReport` (counts, timings,
+    recall)."""
+    spark = df.sparkSession
+    report = RunReport()
+    prep = prepare_input(df, config, report)
+    n, k = prep.n_items, config.k
+    kk = min(k, max(n - 1, 0))
+    report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)
+    if kk == 0:
+        merged = spark.createDataFrame([], _MERGED_SCHEMA)
+    else:
+        if config.method == "exact":
+            cands = _exact_candidates(spark, prep, config, report)
+        else:
+            cands = _kmeans_candidates(spark, prep, config, report)
+        merged = _merge(spark, cands, prep, config, report)
+        if config.method != "exact":
+            merged = _fill_short_items(spark, merged, prep, config, report, kk)
+        with stage(spark, report, "check") as info:
+            n_full = merged.filter(F.col("rank") == kk).count()
+            info["rows"] = n_full
+        report.counts["n_items_short_of_k"] = n - n_full
+        report.counts["share_items_short_of_k"] = (n - n_full) / n if n else 0.0
+        if config.method != "exact" and config.recall_sample > 0:
+            report.recall = _estimate_recall(spark, merged, prep, config, report, kk)
+    table = _attach_ids(merged, prep)
+    return NeighborResult(table=table, report=report)
+
+
+# --------------------------------------------------------------------------- validation
+def _resolve_types(df: DataFrame, config: KnnConfig) -> tuple[T.DataType, Any]:
+    present = df.columns
+    for col in (config.id_col, config.vector_col):
+        if col not in present:
+            raise InputError(
+                f"input has no column {col!r}; present columns: {', '.join(present) or '(none)'}. "
+                "Name the columns with --id-col / --vector-col.",
+                check="missing_column",
+            )
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    id_type = fields[config.id_col]
+    if not isinstance(id_type, (*_LONG_ID_TYPES, T.StringType)):
+        raise InputError(
+            f"id column {config.id_col!r} has type {id_type.simpleString()}; "
+            "supported: bigint, int, smallint, tinyint or string. Cast it first.",
+            check="unsupported_id_type",
+        )
+    vtype = fields[config.vector_col]
+    from pyspark.ml.linalg import VectorUDT
+
+    if isinstance(vtype, VectorUDT):
+        from pyspark.ml.functions import vector_to_array
+
+        vec = vector_to_array(F.col(config.vector_col), "float32")
+    elif isinstance(vtype, T.ArrayType) and isinstance(
+        vtype.elementType, (T.FloatType, T.DoubleType)
+    ):
+        vec = F.col(config.vector_col)
+    else:
+        raise InputError(
+            f"vector column {config.vector_col!r} has type {vtype.simpleString()}; supported: "
+            "array<float>, array<double> or a Spark ML Vector. Cast integer arrays to "
+            "array<float> first.",
+            check="unsupported_vector_type",
+        )
+    return id_type, vec
+
+
+def _examples(df: DataFrame, cond: Any, id_col: str) -> list:
+    return [r[0] for r in df.filter(cond).select(id_col).limit(_N_EXAMPLES).collect()]
+
+
+def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = None) -> Prepared:
+    """Validate ``df`` and return unit vectors keyed by a long key.
+
+    Every problem is counted in one pass (plus one for duplicate ids) and reported together,
+    before any heavy work starts.
+    """
+    report = report or RunReport()
+    spark = df.sparkSession
+    id_col = config.id_col
+    id_type, vec = _resolve_types(df, config)
+    with stage(spark, report, "validate") as info:
+        raw = df.select(F.col(id_col), vec.alias("_vec"))
+        checked = raw.mapInArrow(
+            functools.partial(udfs.prepare_batches, id_col=id_col, vector_col="_vec"),
+            T.StructType(
+                [
+                    T.StructField(id_col, id_type),
+                    T.StructField("vec", T.ArrayType(T.FloatType(), containsNull=False)),
+                    T.StructField("dim", T.IntegerType()),
+                    T.StructField("status", T.ByteType()),
+                ]
+            ),
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        summary = (
+            checked.groupBy("status", "dim", F.col(id_col).isNull().alias("null_id"))
+            .count()
+            .collect()
+        )
+        n_rows = sum(r["count"] for r in summary)
+        info["rows"] = n_rows
+        problems: list[tuple[str, int, Any, str]] = []
+        n_null_id = sum(r["count"] for r in summary if r["null_id"])
+        if n_null_id:
+            problems.append(
+                (
+                    "null_id",
+                    n_null_id,
+                    F.col(id_col).isNull(),
+                    "have a null id; every item needs one",
+                )
+            )
+        by_status: dict[int, int] = {}
+        for r in summary:
+            by_status[r["status"]] = by_status.get(r["status"], 0) + r["count"]
+        messages = {
+            udfs.STATUS_NULL_VECTOR: "have a null vector",
+            udfs.STATUS_NULL_ELEMENT: "have a null element in the vector",
+            udfs.STATUS_NON_FINITE: "have a NaN or infinite vector element",
+            udfs.STATUS_ZERO_NORM: "have an all-zero vector (cosine is undefined for it)",
+        }
+        for code, text in messages.items():
+            if by_status.get(code):
+                problems.append(
+                    (udfs.STATUS_NAMES[code], by_status[code], F.col("status") == code, text)
+                )
+        dims: dict[int, int] = {}
+        for r in summary:
+            if r["dim"] is not None and r["status"] != udfs.STATUS_NULL_VECTOR:
+                dims[r["dim"]] = dims.get(r["dim"], 0) + r["count"]
+        dim = max(dims, key=lambda d: (dims[d], -d)) if dims else 0
+        if len(dims) > 1:
+            others = ", ".join(f"{c:,} rows have {d}" for d, c in sorted(dims.items()) if d != dim)
+            n_bad = sum(c for d, c in dims.items() if d != dim)
+            problems.append(
+                (
+                    "dimension",
+                    n_bad,
+                    F.col("dim") != dim,
+                    f"have a vector length other than the usual {dim} ({others})",
+                )
+            )
+        dup = (
+            checked.filter(F.col(id_col).isNotNull())
+            .groupBy(id_col)
+            .count()
+            .filter(F.col("count") > 1)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        dup_stats = dup.agg(F.count("*").alias("ids"), F.sum("count").alias("rows")).first()
+        if dup_stats is not None and dup_stats["ids"]:
+            examples = [r[0] for r in dup.orderBy(id_col).limit(_N_EXAMPLES).collect()]
+            problems.append(
+                (
+                    "duplicate_id",
+                    int(dup_stats["rows"]),
+                    examples,
+                    f"share {dup_stats['ids']:,} ids that occur more than once; ids must be unique",
+                )
+            )
+        dup.unpersist()
+        if problems:
+            lines = []
+            first = None
+            for check, count, cond, text in problems:
+                examples = cond if isinstance(cond, list) else _examples(checked, cond, id_col)
+                lines.append(
+                    f"  - {check}: {count:,} of {n_rows:,} rows {text} "
+                    f"(e.g. ids {', '.join(map(repr, examples))})"
+                )
+                first = first or (check, count, examples)
+            checked.unpersist()
+            assert first is not None
+            raise InputError(
+                f"input failed validation ({len(problems)} problem(s)):\n"
+                + "\n".join(lines)
+                + "\nFix or remove these rows (they are never silently dropped) and run again.",
+                check=first[0],
+                n_rows=first[1],
+                examples=first[2],
+            )
+
+    with stage(spark, report, "normalise") as info:
+        if isinstance(id_type, T.StringType):
+            id_map = _string_keys(spark, checked.select(id_col)).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+            data = checked.join(id_map, on=id_col).select("key", "vec")
+        else:
+            id_map = None
+            data = checked.select(F.col(id_col).cast("long").alias("key"), "vec")
+        parallelism = spark.sparkContext.defaultParallelism
+        if data.rdd.getNumPartitions() < parallelism:
+            # Hash-partition by key: spreads the work over every core, and the content of each
+            # partition depends on the data alone, not on how the input was split.
+            data = data.repartition(parallelism, "key")
+        data = data.persist(StorageLevel.MEMORY_AND_DISK)
+        info["rows"] = data.count()
+        checked.unpersist()
+    return Prepared(data=data, n_items=n_rows, dim=dim, id_type=id_type, id_map=id_map)
+
+
+def _table_udf(fn: Any, **kwargs: Any) -> Any:
+    """``fn(table, **kwargs)`` as a typed ``pa.Table -> pa.Table`` function.
+
+    ``applyInArrow`` infers the UDF kind from type hints, which a ``functools.partial`` lacks.
+    """
+
+    def apply(table: pa.Table) -> pa.Table:
+        return fn(table, **kwargs)
+
+    return apply
+
+
+def _string_keys(spark: SparkSession, ids: DataFrame) -> DataFrame:
+    """``id, key`` with key = rank of the id in sorted order (dense, 0-based, deterministic)."""
+    col = ids.columns[0]
+    indexed = ids.orderBy(col).rdd.map(lambda r: r[0]).zipWithIndex()
+    return spark.createDataFrame(
+        indexed,
+        T.StructType([T.StructField(col, T.StringType()), T.StructField("key", T.LongType())]),
+    )
+
+
+# --------------------------------------------------------------------------- candidates
+def _bucket_candidates(
+    spark: SparkSession,
+    prep: Prepared,
+    config: KnnConfig,
+    centroids: np.ndarray | None,
+    n_probe: int,
+    plan: BucketPlan,
+) -> DataFrame:
+    sc = spark.sparkContext
+    bc_centroids = sc.broadcast(centroids)
+    dim, k, block_bytes = prep.dim, config.k, config.block_bytes
+
+    def assign(batches):  # closes over the broadcast, read on the executor
+        return udfs.assign_batches(batches, bc_centroids.value, n_probe, plan, dim)
+
+    rows = prep.data.mapInArrow(assign, "bucket long, key long, role byte, vec array<float>")
+    return rows.groupBy("bucket").applyInArrow(
+        _table_udf(udfs.bucket_topk, k=k, dim=dim, block_bytes=block_bytes),
+        _CANDIDATE_SCHEMA,
+    )
+
+
+def _exact_candidates(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
+) -> DataFrame:
+    n = prep.n_items
+    n_blocks = max(
+        math.ceil(n / config.max_bucket_members),
+        math.ceil(n / config.max_bucket_queries),
+        # At least 2 x 2 blocks on a non-trivial table, so every core gets a block pair.
+        2 if n >= 20_000 else 1,
+    )
+    block = math.ceil(n / n_blocks)
+    plan = BucketPlan.from_counts(np.array([n]), np.array([n]), block, block, config.seed)
+    report.resolved.update(
+        method="exact", n_blocks=int(plan.member_chunks[0]), n_buckets=plan.n_buckets
+    )
+    return _bucket_candidates(spark, prep, config, None, 1, plan)
+
+
+def _kmeans_candidates(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
+) -> DataFrame:
+    n, dim = prep.n_items, prep.dim
+    n_clusters = config.resolve_n_clusters(n)
+    with stage(spark, report, "kmeans") as info:
+        sample_size = config.resolve_sample_size(n, n_clusters)
+        # Seeded hash of the key, not DataFrame.sample: the sample must not depend on how the
+        # input is partitioned, or two runs over the same table would differ.
+        scale = 1 << 30
+        threshold = min(scale, math.ceil(sample_size / n * scale))
+        sample_tbl = prep.data.filter(
+            F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(scale)) < threshold
+        ).toArrow()
+        keys = sample_tbl.column("key").to_numpy()
+        order = np.argsort(keys, kind="stable")
+        x = udfs.list_to_matrix(sample_tbl.column("vec"), dim)[order]
+        info["rows"] = len(x)
+        n_clusters = max(1, min(n_clusters, len(x)))
+        centroids = fit_spherical_kmeans(x, n_clusters, n_iter=config.kmeans_iter, seed=config.seed)
+    n_probe = config.resolve_n_probe(n_clusters)
+    with stage(spark, report, "assign") as info:
+        bc = spark.sparkContext.broadcast(centroids)
+
+        def count(batches):
+            return udfs.cluster_count_batches(batches, bc.value, n_probe, dim)
+
+        counts = (
+            prep.data.mapInArrow(count, "cluster int, n_members long, n_queries long")
+            .groupBy("cluster")
+            .agg(F.sum("n_members").alias("m"), F.sum("n_queries").alias("q"))
+            .collect()
+        )
+        n_members = np.zeros(n_clusters, dtype=np.int64)
+        n_queries = np.zeros(n_clusters, dtype=np.int64)
+        for r in counts:
+            n_members[r["cluster"]] = r["m"]
+            n_queries[r["cluster"]] = r["q"]
+        plan = BucketPlan.from_counts(
+            n_members, n_queries, config.max_bucket_members, config.max_bucket_queries, config.seed
+        )
+        info["rows"] = int(n_queries.sum())
+    report.resolved.update(
+        method="kmeans",
+        n_clusters=n_clusters,
+        n_probe=n_probe,
+        kmeans_sample_rows=int(len(x)),
+        n_buckets=plan.n_buckets,
+        n_clusters_split=plan.n_split,
+        cluster_members_min=int(n_members.min()),
+        cluster_members_median=float(np.median(n_members)),
+        cluster_members_max=int(n_members.max()),
+    )
+    log.info(
+        "k-means: %d clusters (members per cluster min %d / median %.0f / max %d), n_probe %d, "
+        "%d buckets (%d clusters split)",
+        n_clusters,
+        n_members.min(),
+        np.median(n_members),
+        n_members.max(),
+        n_probe,
+        plan.n_buckets,
+        plan.n_split,
+    )
+    return _bucket_candidates(spark, prep, config, centroids, n_probe, plan)
+
+
+def _merge(
+    spark: SparkSession, cands: DataFrame, prep: Prepared, config: KnnConfig, report: RunReport
+) -> DataFrame:
+    n_probe = report.resolved.get("n_probe", report.resolved.get("n_blocks", 1))
+    est_rows = prep.n_items * config.k * n_probe
+    n_groups = max(1, math.ceil(est_rows / _MERGE_GROUP_ROWS))
+    with stage(spark, report, "topk+merge") as info:
+        merged = (
+            cands.groupBy(F.pmod(F.xxhash64("key"), F.lit(n_groups)).alias("_g"))
+            .applyInArrow(_table_udf(udfs.merge_table, k=config.k), _MERGED_SCHEMA)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        info["rows"] = merged.count()
+    report.counts["n_candidate_merge_groups"] = n_groups
+    return merged
+
+
+# --------------------------------------------------------------------------- exact scans
+def exact_topk(
+    spark: SparkSession,
+    prep: Prepared,
+    query_keys: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    block_bytes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of a set of query items against every item (broadcast queries, scan items).
+
+    Returns
+    -------
+    neighbor_keys, scores : ndarray of shape (n_queries, min(k, n_items - 1))
+        Padded with ``-1`` / ``-inf``; rows follow ``query_keys``.
+    """
+    sc = spark.sparkContext
+    dim = prep.dim
+    kk = min(k, max(prep.n_items - 1, 0))
+    out_keys = np.full((len(query_keys), kk), -1, dtype=np.int64)
+    out_scores = np.full((len(query_keys), kk), -np.inf, dtype=np.float32)
+    for start in range(0, len(query_keys), _SCAN_QUERIES):
+        qk = np.asarray(query_keys[start : start + _SCAN_QUERIES], dtype=np.int64)
+        bc = sc.broadcast((qk, np.ascontiguousarray(queries[start : start + _SCAN_QUERIES])))
+
+        def scan(batches, bc=bc):
+            keys, vecs = bc.value
+            return udfs.scan_topk_batches(batches, keys, vecs, kk, dim, block_bytes)
+
+        cands = prep.data.mapInArrow(scan, _CANDIDATE_SCHEMA).toArrow()
+        q, nb, s, r = kernel.merge_topk(
+            cands.column("key").to_numpy(),
+            cands.column("nbr").to_numpy(),
+            cands.column("score").to_numpy(),
+            kk,
+        )
+        row = np.searchsorted(qk, q) if np.all(qk[:-1] <= qk[1:]) else _row_of(qk, q)
+        out_keys[start + row, r - 1] = nb
+        out_scores[start + row, r - 1] = s
+        bc.unpersist()
+    return out_keys, out_scores
+
+
+def _row_of(keys: np.ndarray, q: np.ndarray) -> np.ndarray:
+    order = np.argsort(keys, kind="stable")
+    return order[np.searchsorted(keys[order], q)]
+
+
+def _collect_vectors(df: DataFrame, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``key, vec`` rows to the driver, sorted by key."""
+    tbl = df.select("key", "vec").toArrow()
+    keys = tbl.column("key").to_numpy()
+    order = np.argsort(keys, kind="stable")
+    return keys[order].astype(np.int64), udfs.list_to_matrix(tbl.column("vec"), dim)[order]
+
+
+def _fill_short_items(
+    spark: SparkSession,
+    merged: DataFrame,
+    prep: Prepared,
+    config: KnnConfig,
+    report: RunReport,
+    kk: int,
+) -> DataFrame:
+    """Give every item exactly ``kk`` neighbours: items whose probed buckets held too few other
+    items are searched exactly (never padded, never left short)."""
+    with stage(spark, report, "fill-short") as info:
+        full = merged.filter(F.col("rank") == kk).select("key")
+        short = prep.data.join(full, on="key", how="left_anti")
+        keys, vecs = _collect_vectors(short, prep.dim)
+        info["rows"] = len(keys)
+        report.counts["n_items_searched_exactly"] = len(keys)
+        if len(keys) == 0:
+            return merged
+        nbr, scores = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
+        valid = nbr >= 0
+        ranks = np.broadcast_to(np.arange(1, nbr.shape[1] + 1, dtype=np.int32), nbr.shape)
+        fill = pa.table(
+            {
+                "key": np.broadcast_to(keys[:, None], nbr.shape)[valid],
+                "nbr": nbr[valid],
+                "rank": ranks[valid],
+                "score": scores[valid],
+            }
+        )
+        fill_df = spark.createDataFrame(fill, _MERGED_SCHEMA)
+        key_df = spark.createDataFrame(pa.table({"key": keys}), "key long")
+        out = (
+            merged.join(F.broadcast(key_df), on="key", how="left_anti")
+            .unionByName(fill_df)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        out.count()
+        merged.unpersist()
+    return out
+
+
+def _estimate_recall(
+    spark: SparkSession,
+    merged: DataFrame,
+    prep: Prepared,
+    config: KnnConfig,
+    report: RunReport,
+    kk: int,
+) -> dict[str, Any]:
+    with stage(spark, report, "recall") as info:
+        n_sample = min(config.recall_sample, prep.n_items)
+        sample = (
+            prep.data.withColumn("_h", F.xxhash64("key", F.lit(config.seed + 1)))
+            .orderBy("_h", "key")
+            .limit(n_sample)
+        )
+        keys, vecs = _collect_vectors(sample, prep.dim)
+        info["rows"] = len(keys)
+        _, exact_scores = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
+        key_df = spark.createDataFrame(pa.table({"key": keys}), "key long")
+        got = merged.join(F.broadcast(key_df), on="key").toArrow()
+        approx = np.full((len(keys), kk), -np.inf, dtype=np.float32)
+        rows = np.searchsorted(keys, got.column("key").to_numpy())
+        approx[rows, got.column("rank").to_numpy() - 1] = got.column("score").to_numpy()
+        per_item = recall_per_item(approx, exact_scores)
+        mean, low, high = recall_interval(per_item, prep.n_items)
+    result = {
+        "k": kk,
+        "n_sample": int(len(keys)),
+        "recall_at_k": round(mean, 6),
+        "ci95_low": round(low, 6),
+        "ci95_high": round(high, 6),
+        "share_items_recall_below_0_5": round(float(np.mean(per_item < 0.5)), 6),
+        "method": "tie-aware recall of a seeded sample of items vs their exact top-k",
+    }
+    log.info(
+        "recall@%d = %.4f (95%% CI %.4f-%.4f) on %d sampled items",
+        kk,
+        mean,
+        low,
+        high,
+        len(keys),
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- output
+def _attach_ids(merged: DataFrame, prep: Prepared) -> DataFrame:
+    score = F.col("score").cast("float").alias("score")
+    rank = F.col("rank").cast("int").alias("rank")
+    if prep.id_map is None:
+        return merged.select(
+            F.col("key").cast(prep.id_type).alias("item_id"),
+            F.col("nbr").cast(prep.id_type).alias("neighbor_id"),
+            rank,
+            score,
+        )
+    id_col = prep.id_map.columns[0]
+    items = prep.id_map.select(F.col("key"), F.col(id_col).alias("item_id"))
+    nbrs = prep.id_map.select(F.col("key").alias("nbr"), F.col(id_col).alias("neighbor_id"))
+    return (
+        merged.join(items, on="key")
+        .join(nbrs, on="nbr")
+        .select("item_id", "neighbor_id", rank, score)
+    )

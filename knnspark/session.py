@@ -1,0 +1,47 @@
+"""SparkSession creation for the CLI and jobs only (library code never creates a session)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+__all__ = ["get_session"]
+
+
+def get_session(
+    app_name: str = "knnspark",
+    master: str | None = None,
+    driver_memory: str | None = None,
+    conf: dict[str, str] | None = None,
+) -> SparkSession:
+    """A session for a CLI run: attach to spark-submit's, or start a local embedded one.
+
+    Python workers get one BLAS thread each: Spark already runs one task per core, and letting
+    each task's BLAS use every core oversubscribes the machine.
+    """
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    # Workers must run the interpreter that has knnspark's dependencies (the venv's).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # Read by the Python workers forked by the JVM; the driver's numpy is already initialised.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    builder = SparkSession.builder.appName(app_name)
+    if master or not under_submit:
+        builder = builder.master(master or "local[*]")
+    if driver_memory and not under_submit:
+        builder = builder.config("spark.driver.memory", driver_memory)
+    defaults = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
+        "spark.executorEnv.MKL_NUM_THREADS": "1",
+    }
+    for key, value in {**defaults, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

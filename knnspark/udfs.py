@@ -1,0 +1,225 @@
+"""Thin Arrow adapters between Spark's Arrow UDFs and the numpy kernel.
+
+Each function here converts Arrow in, calls :mod:`knnspark.kernel` / :mod:`knnspark.buckets`,
+and converts Arrow out; no algorithm lives here. They take plain Python/numpy arguments so the
+pipeline can bind them with ``functools.partial`` (closures over broadcast values) and the tests can
+call them on hand-made Arrow batches without Spark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from knnspark import kernel
+from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
+from knnspark.kmeans import nearest_centroids
+
+__all__ = [
+    "STATUS_NAMES",
+    "assign_batches",
+    "bucket_topk",
+    "cluster_count_batches",
+    "list_to_matrix",
+    "matrix_to_list",
+    "merge_table",
+    "prepare_batches",
+    "scan_topk_batches",
+]
+
+# Row status codes produced by ``prepare_batches`` (0 = usable).
+STATUS_OK, STATUS_NULL_VECTOR, STATUS_NULL_ELEMENT, STATUS_NON_FINITE, STATUS_ZERO_NORM = range(5)
+STATUS_NAMES = {
+    STATUS_NULL_VECTOR: "null_vector",
+    STATUS_NULL_ELEMENT: "null_element",
+    STATUS_NON_FINITE: "non_finite",
+    STATUS_ZERO_NORM: "zero_norm",
+}
+
+VEC_TYPE = pa.list_(pa.float32())
+
+
+def list_to_matrix(arr: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A list array of equal-length, null-free float lists as an (n, dim) float32 matrix."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(n, dim)
+
+
+def matrix_to_list(mat: np.ndarray) -> pa.ListArray:
+    """An (n, d) matrix as an Arrow ``list<float>`` array (one copy of the values)."""
+    n, d = mat.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(
+        offsets, pa.array(np.ascontiguousarray(mat, np.float32).ravel())
+    )
+
+
+def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
+    col = batch.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
+def prepare_batches(
+    batches: Iterator[pa.RecordBatch], id_col: str, vector_col: str
+) -> Iterator[pa.RecordBatch]:
+    """Validate and L2-normalise vectors.
+
+    Output columns: the id (unchanged), ``vec`` (unit float32 list, null unless status is 0),
+    ``dim`` (list length, null for a null vector) and ``status`` (see ``STATUS_NAMES``).
+    """
+    for batch in batches:
+        ids = _column(batch, id_col)
+        vec = _column(batch, vector_col)
+        n = len(vec)
+        # value_lengths / flatten are slice-aware (raw ``offsets`` are not).
+        lengths = vec.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        is_null = np.asarray(vec.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        flat = vec.flatten()  # values of the non-null lists, in order
+        flat_null = np.asarray(flat.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        values = flat.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
+        status = np.where(is_null, STATUS_NULL_VECTOR, STATUS_OK).astype(np.int8)
+        row_of_value = np.repeat(np.arange(n), lengths)
+        if flat_null.any():
+            status[np.unique(row_of_value[flat_null])] = STATUS_NULL_ELEMENT
+        bad_value = ~np.isfinite(values)
+        if bad_value.any():
+            rows = np.unique(row_of_value[bad_value])
+            rows = rows[status[rows] == STATUS_OK]
+            status[rows] = STATUS_NON_FINITE
+        out = np.zeros(len(values), dtype=np.float32)
+        for length in np.unique(lengths[status == STATUS_OK]):
+            rows = np.nonzero((lengths == length) & (status == STATUS_OK))[0]
+            idx = starts[rows, None] + np.arange(length)[None, :]
+            unit, norms = kernel.l2_normalize(values[idx])
+            zero = norms == 0
+            status[rows[zero]] = STATUS_ZERO_NORM
+            out[idx[~zero]] = unit[~zero]
+        ok = status == STATUS_OK
+        out_lengths = np.where(ok, lengths, 0)
+        # Keep the values of ok rows only; other rows become null lists.
+        keep_value = np.repeat(ok, lengths)
+        new_offsets = np.concatenate([[0], np.cumsum(out_lengths)]).astype(np.int32)
+        vec_out = pa.ListArray.from_arrays(
+            pa.array(new_offsets), pa.array(out[keep_value]), mask=pa.array(~ok)
+        )
+        dim = pa.array(np.where(is_null, 0, lengths).astype(np.int32), mask=is_null)
+        yield pa.RecordBatch.from_arrays(
+            [ids, vec_out, dim, pa.array(status)], names=[id_col, "vec", "dim", "status"]
+        )
+
+
+def cluster_count_batches(
+    batches: Iterator[pa.RecordBatch], centroids: np.ndarray, n_probe: int, dim: int
+) -> Iterator[pa.RecordBatch]:
+    """Per-cluster member and query counts of each batch (summed by Spark afterwards)."""
+    n_c = centroids.shape[0]
+    members = np.zeros(n_c, dtype=np.int64)
+    queries = np.zeros(n_c, dtype=np.int64)
+    for batch in batches:
+        x = list_to_matrix(_column(batch, "vec"), dim)
+        probes = nearest_centroids(x, centroids, n_probe)
+        members += np.bincount(probes[:, 0], minlength=n_c)
+        queries += np.bincount(probes.ravel(), minlength=n_c)
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(np.arange(n_c, dtype=np.int32)), pa.array(members), pa.array(queries)],
+        names=["cluster", "n_members", "n_queries"],
+    )
+
+
+def assign_batches(
+    batches: Iterator[pa.RecordBatch],
+    centroids: np.ndarray | None,
+    n_probe: int,
+    plan: BucketPlan,
+    dim: int,
+) -> Iterator[pa.RecordBatch]:
+    """Bucket rows ``(bucket, key, role, vec)`` of each item.
+
+    ``centroids=None`` puts every item in cluster 0 as member and query (exact mode).
+    """
+    for batch in batches:
+        keys = _column(batch, "key").to_numpy().astype(np.int64)
+        x = list_to_matrix(_column(batch, "vec"), dim)
+        if centroids is None:
+            probes = np.zeros((len(keys), 1), dtype=np.int32)
+        else:
+            probes = nearest_centroids(x, centroids, n_probe)
+        item, bucket, role = bucket_rows(keys, probes[:, 0], probes, plan)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(bucket), pa.array(keys[item]), pa.array(role), matrix_to_list(x[item])],
+            names=["bucket", "key", "role", "vec"],
+        )
+
+
+def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int) -> pa.Table:
+    """Top-k of every query of one bucket among the bucket's members: rows ``(key, nbr, score)``."""
+    keys = _column(table, "key").to_numpy().astype(np.int64)
+    role = _column(table, "role").to_numpy()
+    x = list_to_matrix(_column(table, "vec"), dim)
+    is_m = (role & ROLE_MEMBER) > 0
+    is_q = (role & ROLE_QUERY) > 0
+    q_keys = keys[is_q]
+    # Queries in key order: the output then does not depend on the order Spark delivered rows in.
+    q_order = np.argsort(q_keys, kind="stable")
+    q_keys = q_keys[q_order]
+    nbr, scores = kernel.topk_cosine(
+        x[is_q][q_order], q_keys, x[is_m], keys[is_m], k, block_bytes=block_bytes
+    )
+    valid = nbr >= 0
+    rows = np.broadcast_to(q_keys[:, None], nbr.shape)
+    return pa.table(
+        {"key": rows[valid], "nbr": nbr[valid], "score": scores[valid].astype(np.float32)}
+    )
+
+
+def merge_table(table: pa.Table, k: int) -> pa.Table:
+    """Final top-k per key from candidate rows: ``(key, nbr, rank, score)``."""
+    q, nb, s, r = kernel.merge_topk(
+        _column(table, "key").to_numpy().astype(np.int64),
+        _column(table, "nbr").to_numpy().astype(np.int64),
+        _column(table, "score").to_numpy().astype(np.float32),
+        k,
+    )
+    return pa.table({"key": q, "nbr": nb, "rank": r, "score": s})
+
+
+def scan_topk_batches(
+    batches: Iterator[pa.RecordBatch],
+    query_keys: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    dim: int,
+    block_bytes: int,
+) -> Iterator[pa.RecordBatch]:
+    """Exact top-k of a broadcast query set against the items of one partition.
+
+    Keeps a running top-k per query over the partition's batches and emits it once at the end,
+    so the output is ``n_queries * k`` rows per partition whatever the partition size.
+    """
+    n_q = len(query_keys)
+    best_keys = np.full((n_q, 0), -1, dtype=np.int64)
+    best_scores = np.full((n_q, 0), -np.inf, dtype=np.float32)
+    for batch in batches:
+        keys = _column(batch, "key").to_numpy().astype(np.int64)
+        if len(keys) == 0:
+            continue
+        x = list_to_matrix(_column(batch, "vec"), dim)
+        nbr, scores = kernel.topk_cosine(queries, query_keys, x, keys, k, block_bytes=block_bytes)
+        best_keys, best_scores = kernel.merge_rows(best_keys, best_scores, nbr, scores, k)
+    valid = best_keys >= 0
+    rows = np.broadcast_to(np.asarray(query_keys, dtype=np.int64)[:, None], best_keys.shape)
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(rows[valid]), pa.array(best_keys[valid]), pa.array(best_scores[valid])],
+        names=["key", "nbr", "score"],
+    )
