@@ -1,0 +1,50 @@
+"""The exact oracle: numpy brute force on the full similarity matrix (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def brute_force_topk(x: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k by (score desc, key asc), self excluded.
+
+    Returns
+    -------
+    nbr_keys, scores : ndarray of shape (n, min(k, n - 1))
+    sims : ndarray of shape (n, n)
+        The full float64 cosine matrix (rows/cols in ``keys`` order), for tie-aware checks.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    kk = min(k, len(keys) - 1)
+    order = np.lexsort((np.broadcast_to(keys, sims.shape), -sims), axis=1)[:, :kk]
+    return keys[order], np.take_along_axis(sims, order, axis=1), sims
+
+
+def assert_topk_matches(
+    got_keys: np.ndarray,
+    got_scores: np.ndarray,
+    keys: np.ndarray,
+    sims: np.ndarray,
+    k: int,
+    atol: float = 1e-5,
+) -> None:
+    """Tie-aware check of a full top-k answer against the oracle matrix.
+
+    Every returned neighbour must be a real other item with its true score, the list must be
+    sorted, and its scores must equal the oracle's best ``k`` scores (so any tie may be broken
+    either way only if the scores truly tie).
+    """
+    kk = min(k, len(keys) - 1)
+    pos = {int(key): i for i, key in enumerate(keys)}
+    true_sorted = -np.sort(-sims, axis=1)[:, :kk]
+    for i in range(len(keys)):
+        row = [pos[int(v)] for v in got_keys[i]]
+        assert len(row) == kk, f"item {keys[i]}: {len(row)} neighbours, want {kk}"
+        assert i not in row, f"item {keys[i]} is its own neighbour"
+        assert len(set(row)) == kk, f"item {keys[i]} has a repeated neighbour"
+        np.testing.assert_allclose(got_scores[i], sims[i, row], atol=atol)
+        np.testing.assert_allclose(got_scores[i], true_sorted[i], atol=atol)
+        assert np.all(np.diff(got_scores[i]) <= atol)

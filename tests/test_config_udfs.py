@@ -1,0 +1,97 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from knnspark import udfs
+from knnspark.config import KnnConfig, load_toml, merge_config
+from knnspark.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("k", 0), ("k", -3), ("k", 2.5), ("method", "hnsw"), ("n_probe", 0), ("seed", -1),
+     ("id_col", ""), ("recall_sample", -1)],
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ConfigError, match=field):
+        KnnConfig(**{field: value})
+
+
+def test_config_defaults_scale_with_n():
+    c = KnnConfig()
+    assert c.resolve_n_clusters(100_000) == 100
+    assert c.resolve_n_clusters(1_000_000) == 1000
+    assert c.resolve_n_clusters(500) == 1
+    assert c.resolve_n_probe(1000) == 32
+    assert c.resolve_n_probe(4) == 4
+    assert KnnConfig(n_probe=50).resolve_n_probe(10) == 10
+
+
+def test_toml_and_unknown_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[knnspark]\nk = 7\nn-probe = 3\n[job]\noutput = "x"\n')
+    values = load_toml(p)
+    assert values == {"k": 7, "n_probe": 3, "output": "x"}
+    with pytest.raises(ConfigError, match="unknown parameter.*output"):
+        merge_config(values)
+    assert merge_config({"k": 7}).k == 7
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("k = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+
+
+def _prepare(ids, vectors, value_type=pa.float32()):
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.int64()), pa.array(vectors, pa.list_(value_type))], names=["id", "v"]
+    )
+    (out,) = list(udfs.prepare_batches(iter([batch]), "id", "v"))
+    return out
+
+
+def test_prepare_flags_each_bad_row_and_normalises_good_ones():
+    nan, inf = float("nan"), float("inf")
+    out = _prepare(
+        [1, 2, 3, 4, 5, 6, 7],
+        [[3, 4], None, [1, None], [nan, 1], [0, 0], [1, inf], [0, 2, 0]],
+        pa.float64(),
+    )
+    status = out.column("status").to_pylist()
+    assert status == [0, udfs.STATUS_NULL_VECTOR, udfs.STATUS_NULL_ELEMENT,
+                      udfs.STATUS_NON_FINITE, udfs.STATUS_ZERO_NORM, udfs.STATUS_NON_FINITE, 0]
+    vec = out.column("vec").to_pylist()
+    assert vec[0] == pytest.approx([0.6, 0.8])
+    assert vec[6] == pytest.approx([0.0, 1.0, 0.0])
+    assert all(v is None for v in vec[1:6])
+    assert out.column("dim").to_pylist() == [2, None, 2, 2, 2, 2, 3]
+
+
+def test_prepare_handles_sliced_batches():
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([1, 2, 3, 4], pa.int64()),
+         pa.array([[1, 0], [0, 0], [0, 3], [4, 0]], pa.list_(pa.float32()))],
+        names=["id", "v"],
+    ).slice(2, 2)
+    (out,) = list(udfs.prepare_batches(iter([batch]), "id", "v"))
+    assert out.column("status").to_pylist() == [0, 0]
+    assert out.column("vec").to_pylist() == [[0.0, 1.0], [1.0, 0.0]]
+
+
+def test_bucket_topk_adapter_round_trip():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    table = pa.table({
+        "bucket": np.zeros(6, np.int64),
+        "key": np.arange(6, dtype=np.int64)[::-1].copy(),
+        "role": np.array([3, 3, 1, 1, 2, 2], np.int8),
+        "vec": udfs.matrix_to_list(x),
+    })
+    out = udfs.bucket_topk(table, k=2, dim=3, block_bytes=1 << 20)
+    # queries: keys 5, 4 (both), 1, 0 (query only); members: 5, 4, 3, 2
+    assert sorted(set(out.column("key").to_pylist())) == [0, 1, 4, 5]
+    assert out.num_rows == 8
+    merged = udfs.merge_table(out, k=1)
+    assert merged.num_rows == 4 and set(merged.column("rank").to_pylist()) == {1}

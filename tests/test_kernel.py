@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from knnspark import kernel
+from tests.oracle import assert_topk_matches, brute_force_topk
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+@pytest.mark.parametrize("block_bytes", [1 << 20, kernel.DEFAULT_BLOCK_BYTES])
+def test_topk_cosine_matches_brute_force(k, block_bytes):
+    rng = np.random.default_rng(1)
+    x = _unit(rng, 300, 16)
+    keys = rng.permutation(10_000)[:300].astype(np.int64)
+    nbr, scores = kernel.topk_cosine(x, keys, x, keys, k, block_bytes=block_bytes)
+    _, _, sims = brute_force_topk(x, keys, k)
+    assert_topk_matches(nbr, scores, keys, sims, k)
+
+
+def test_topk_cosine_small_block_uses_many_blocks():
+    # 1 MiB budget with 20k members forces blocks of a few rows: results must not change.
+    rng = np.random.default_rng(2)
+    m = _unit(rng, 20_000, 8)
+    mk = np.arange(20_000, dtype=np.int64)
+    q = m[:50]
+    a_keys, a_scores = kernel.topk_cosine(q, mk[:50], m, mk, 7, block_bytes=1 << 20)
+    b_keys, b_scores = kernel.topk_cosine(q, mk[:50], m, mk, 7, block_bytes=1 << 30)
+    assert kernel.query_block_rows(20_000, 7, 8, 1 << 20) < 50
+    np.testing.assert_array_equal(a_keys, b_keys)
+    np.testing.assert_array_equal(a_scores, b_scores)
+
+
+def test_ties_break_by_key_and_ignore_input_order():
+    # Five identical members: all score 1.0 against the query; keys decide.
+    v = np.ones((1, 4), dtype=np.float32) / 2
+    members = np.repeat(v, 5, axis=0)
+    keys = np.array([50, 10, 40, 20, 30], dtype=np.int64)
+    nbr, scores = kernel.topk_cosine(v, np.array([99]), members, keys, 3)
+    assert nbr.tolist() == [[10, 20, 30]]
+    assert np.all(scores == 1.0)
+    perm = np.array([3, 0, 4, 1, 2])
+    nbr2, scores2 = kernel.topk_cosine(v, np.array([99]), members[perm], keys[perm], 3)
+    np.testing.assert_array_equal(nbr, nbr2)
+    np.testing.assert_array_equal(scores, scores2)
+
+
+def test_self_is_excluded_even_when_it_is_a_duplicate():
+    v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    keys = np.array([7, 3, 5], dtype=np.int64)
+    nbr, scores = kernel.topk_cosine(v, keys, v, keys, 2)
+    assert nbr[0].tolist() == [3, 5]  # key 7's duplicate is 3; itself never
+    assert nbr[1].tolist() == [7, 5]
+    assert scores[0, 0] == 1.0
+
+
+def test_fewer_members_than_k_pads():
+    rng = np.random.default_rng(3)
+    x = _unit(rng, 3, 4)
+    keys = np.arange(3, dtype=np.int64)
+    nbr, scores = kernel.topk_cosine(x, keys, x, keys, 10)
+    assert nbr.shape == (3, 3)
+    assert np.all((nbr[:, :2] >= 0)) and np.all(nbr[:, 2] == -1)
+    assert np.all(np.isneginf(scores[:, 2]))
+
+
+def test_scores_are_clipped_to_unit_interval():
+    x = np.array([[0.6, 0.8]] * 3, dtype=np.float32)
+    nbr, scores = kernel.topk_cosine(x, np.arange(3), x, np.arange(3), 2)
+    assert scores.max() <= 1.0 and scores.min() >= -1.0
+
+
+def test_merge_topk_dedupes_ranks_and_breaks_ties():
+    q = np.array([1, 1, 1, 1, 2, 2, 1])
+    nb = np.array([5, 3, 4, 3, 9, 8, 6])
+    s = np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.1, 0.2], dtype=np.float32)
+    mq, mn, ms, mr = kernel.merge_topk(q, nb, s, 3)
+    assert mq.tolist() == [1, 1, 1, 2, 2]
+    assert mn.tolist() == [3, 4, 5, 8, 9]  # tie at 0.5 -> lower key first; dup (1,3) once
+    assert mr.tolist() == [1, 2, 3, 1, 2]
+    assert ms.dtype == np.float32
+
+
+def test_merge_rows_keeps_best_and_puts_padding_last():
+    ka = np.array([[1, -1]])
+    sa = np.array([[0.5, -np.inf]], dtype=np.float32)
+    kb = np.array([[2, 3]])
+    sb = np.array([[0.5, 0.7]], dtype=np.float32)
+    keys, scores = kernel.merge_rows(ka, sa, kb, sb, 3)
+    assert keys.tolist() == [[3, 1, 2]]
+    assert scores[0].tolist() == pytest.approx([0.7, 0.5, 0.5])
+
+
+def test_l2_normalize_reports_zero_norm():
+    unit, norms = kernel.l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]]))
+    assert norms[1] == 0 and norms[2] > 0
+    np.testing.assert_allclose(unit[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(unit[2], [1.0, 0.0])
+
+
+def test_mix64_is_seeded_and_spreads():
+    keys = np.arange(10_000)
+    a, b = kernel.mix64(keys, 1), kernel.mix64(keys, 2)
+    assert not np.array_equal(a, b)
+    counts = np.bincount((a % np.uint64(10)).astype(np.int64), minlength=10)
+    assert counts.min() > 800

@@ -1,0 +1,167 @@
+"""Spark wiring: the pipeline against the numpy oracle, invariants, and input validation."""
+
+import numpy as np
+import pytest
+
+from knnspark.config import KnnConfig
+from knnspark.errors import InputError
+from knnspark.pipeline import compute_neighbors
+from tests.conftest import to_df
+from tests.oracle import assert_topk_matches, brute_force_topk
+
+
+def _collect(table):
+    """item_id -> (neighbour ids, scores) ordered by rank, plus the raw rows."""
+    rows = table.orderBy("item_id", "rank").collect()
+    out = {}
+    for r in rows:
+        out.setdefault(r.item_id, ([], [], []))
+        out[r.item_id][0].append(r.neighbor_id)
+        out[r.item_id][1].append(r.score)
+        out[r.item_id][2].append(r.rank)
+    return out, rows
+
+
+def assert_invariants(table, ids, k):
+    """exactly min(k, N-1) rows per item, ranks 1..k, no self, no duplicate pair, scores sorted."""
+    assert table.columns == ["item_id", "neighbor_id", "rank", "score"]
+    types = dict(table.dtypes)
+    assert types["rank"] == "int" and types["score"] == "float"
+    by_item, rows = _collect(table)
+    kk = min(k, len(ids) - 1)
+    assert len(rows) == len(ids) * kk
+    assert set(by_item) == (set(ids) if kk else set())
+    for item, (nbrs, scores, ranks) in by_item.items():
+        assert ranks == list(range(1, kk + 1))
+        assert item not in nbrs
+        assert len(set(nbrs)) == kk
+        assert all(-1.0 <= s <= 1.0 for s in scores)
+        assert all(a >= b for a, b in zip(scores, scores[1:]))
+    return by_item
+
+
+def test_exact_mode_equals_brute_force(spark, clustered):
+    keys, x = clustered
+    cfg = KnnConfig(k=10, method="exact", max_bucket_members=1100, max_bucket_queries=900)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    by_item = assert_invariants(result.table, keys.tolist(), 10)
+    _, _, sims = brute_force_topk(x, keys, 10)
+    got_keys = np.array([by_item[k][0] for k in keys.tolist()])
+    got_scores = np.array([by_item[k][1] for k in keys.tolist()])
+    assert_topk_matches(got_keys, got_scores, keys, sims, 10)
+    assert result.report.resolved["n_blocks"] == 4  # ceil(3000 / 900): the blocked path ran
+    assert result.report.recall is None
+
+
+def test_kmeans_recall_against_oracle(spark, clustered):
+    keys, x = clustered
+    cfg = KnnConfig(k=10, target_bucket_size=150, n_probe=4, recall_sample=300, seed=3)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    by_item = assert_invariants(result.table, keys.tolist(), 10)
+    assert result.report.resolved["n_clusters"] == 20
+    true_keys, true_scores, _ = brute_force_topk(x, keys, 10)
+    kth = true_scores[:, -1]
+    hits = [
+        np.sum(np.array(by_item[k][1]) >= kth[i] - 1e-6) for i, k in enumerate(keys.tolist())
+    ]
+    recall = float(np.mean(np.minimum(hits, 10))) / 10
+    assert recall >= 0.9, recall
+    rep = result.report.recall
+    assert rep["n_sample"] == 300
+    # The estimate agrees with the oracle's full-table recall within its interval (widened by
+    # the tolerance of float32 scoring).
+    assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)
+    assert result.report.counts["n_items_short_of_k"] == 0
+
+
+def test_tiny_clusters_still_give_exactly_k(spark):
+    # 40 clusters of ~5 items with n_probe=1: most items' own bucket holds fewer than k others;
+    # the exact fill must complete them (never fewer than k, never padded).
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    keys = np.arange(200, dtype=np.int64)
+    cfg = KnnConfig(k=10, n_clusters=40, n_probe=1, recall_sample=50)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    assert_invariants(result.table, keys.tolist(), 10)
+    assert result.report.counts["n_items_searched_exactly"] > 0
+
+
+def test_string_ids_and_double_vectors(spark):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 6))
+    keys = np.array([f"w{i:04d}" for i in range(300)])
+    df = to_df(spark, np.arange(300), x, id_type="string", vector_type="array<double>")
+    df = df.selectExpr("concat('w', lpad(id, 4, '0')) as id", "vector")
+    result = compute_neighbors(df, KnnConfig(k=5, method="exact"))
+    assert dict(result.table.dtypes)["item_id"] == "string"
+    by_item = assert_invariants(result.table, keys.tolist(), 5)
+    _, _, sims = brute_force_topk(x, np.arange(300), 5)
+    got = np.array([[int(v[1:]) for v in by_item[k][0]] for k in keys.tolist()])
+    scores = np.array([by_item[k][1] for k in keys.tolist()])
+    assert_topk_matches(got, scores, np.arange(300), sims, 5)
+
+
+def test_ml_vector_input_and_int_ids(spark):
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    rows = [(i, Vectors.dense([float(i % 7) + 1, float(i % 3), 1.0])) for i in range(50)]
+    schema = T.StructType(
+        [T.StructField("id", T.IntegerType()), T.StructField("vector", VectorUDT())]
+    )
+    df = spark.createDataFrame(rows, schema)
+    result = compute_neighbors(df, KnnConfig(k=3))
+    assert dict(result.table.dtypes)["item_id"] == "int"
+    assert_invariants(result.table, list(range(50)), 3)
+
+
+@pytest.mark.parametrize("n,k", [(0, 5), (1, 5), (4, 10)])
+def test_empty_single_and_k_at_least_n(spark, n, k):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    keys = np.arange(n, dtype=np.int64)
+    df = to_df(spark, keys, x) if n else spark.createDataFrame([], "id long, vector array<float>")
+    result = compute_neighbors(df, KnnConfig(k=k))
+    assert_invariants(result.table, keys.tolist(), k)
+
+
+BAD_CASES = {
+    "null_vector": ([1, 2, 3], [[1.0, 0.0], None, [0.0, 1.0]], "null vector"),
+    "null_element": ([1, 2, 3], [[1.0, 0.0], [None, 1.0], [0.0, 1.0]], "null element"),
+    "non_finite": ([1, 2, 3], [[float("nan"), 0.0], [1.0, 1.0], [0.0, float("inf")]], "NaN"),
+    "zero_norm": ([1, 2, 3], [[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]], "all-zero"),
+    "dimension": ([1, 2, 3, 4], [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 2.0, 3.0]], "length"),
+    "duplicate_id": ([1, 2, 2, 3], [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 2.0]], "unique"),
+    "null_id": ([1, None, 3], [[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], "null id"),
+}
+
+
+@pytest.mark.parametrize("check", sorted(BAD_CASES))
+def test_bad_input_raises_documented_error(spark, check):
+    ids, vecs, text = BAD_CASES[check]
+    df = spark.createDataFrame(list(zip(ids, vecs)), "id long, vector array<double>")
+    with pytest.raises(InputError, match=text) as info:
+        compute_neighbors(df, KnnConfig(k=2))
+    err = info.value
+    assert err.check == check
+    expected_rows = {"non_finite": 2, "duplicate_id": 2}.get(check, 1)
+    assert err.n_rows == expected_rows
+    assert err.examples  # names offending ids
+    assert "rows" in str(err)
+
+
+def test_schema_errors(spark):
+    df = spark.createDataFrame([(1, [1.0])], "key long, emb array<float>")
+    with pytest.raises(InputError, match="present columns: key, emb") as info:
+        compute_neighbors(df, KnnConfig())
+    assert info.value.check == "missing_column"
+    df2 = spark.createDataFrame([(1.5, [1.0])], "id double, vector array<float>")
+    with pytest.raises(InputError, match="id column 'id' has type double"):
+        compute_neighbors(df2, KnnConfig())
+    df3 = spark.createDataFrame([(1, [1])], "id long, vector array<int>")
+    with pytest.raises(InputError, match="array<int>"):
+        compute_neighbors(df3, KnnConfig())
+    # renamed columns work
+    df4 = spark.createDataFrame([(1, [1.0, 0.0]), (2, [0.0, 1.0])], "key long, emb array<float>")
+    result = compute_neighbors(df4, KnnConfig(k=1, id_col="key", vector_col="emb"))
+    assert result.table.count() == 2
