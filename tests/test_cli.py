@@ -1,0 +1,91 @@
+"""The CLI end to end, in a fresh process, as a user runs it; the table read back by DuckDB."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _knnspark(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "knnspark", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_input(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "emb"
+    _knnspark("generate", "--output", str(path), "--n", "4000", "--dim", "16", "--seed", "2")
+    return path
+
+
+def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    out = tmp_path / "nbrs"
+    conf = tmp_path / "job.toml"
+    conf.write_text('[knnspark]\nk = 4\nn_probe = 2\nrecall_sample = 200\n')
+    proc = _knnspark(
+        "run", "--input", str(demo_input), "--output", str(out), "--config", str(conf),
+        "--k", "5", "--master", "local[2]", "--driver-memory", "1g",
+    )
+    summary = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
+    assert summary["n_output_rows"] == 4000 * 5  # --k 5 overrides the file's k = 4
+    assert "stage topk+merge done" in proc.stderr  # progress is logged
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["parameters"]["k"] == 5 and manifest["parameters"]["n_probe"] == 2
+    assert 0.0 <= manifest["recall"]["ci95_low"] <= manifest["recall"]["recall_at_k"]
+    assert manifest["counts"]["n_items"] == 4000
+    for stage in ("validate", "kmeans", "assign", "topk+merge", "recall", "write"):
+        assert stage in manifest["timings_s"]
+
+    con = duckdb.connect()
+    rows = con.execute(
+        f"select count(*), count(distinct item_id), min(rank), max(rank), "
+        f"sum(case when item_id = neighbor_id then 1 else 0 end), max(score) <= 1.0 "
+        f"from read_parquet('{out}/*.parquet')"
+    ).fetchone()
+    assert rows == (20000, 4000, 1, 5, 0, True)
+    described = con.execute(f"describe select * from read_parquet('{out}/*.parquet')").fetchall()
+    types = {r[0]: r[1] for r in described}
+    assert types == {"item_id": "BIGINT", "neighbor_id": "BIGINT", "rank": "INTEGER",
+                     "score": "FLOAT"}
+
+    # mode error refuses to overwrite, before doing any work
+    again = _knnspark("run", "--input", str(demo_input), "--output", str(out), check=False)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "--mode overwrite" in again.stderr
+
+
+def test_cli_reports_bad_input_clearly(tmp_path):
+    proc = _knnspark(
+        "run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
+        "--master", "local[1]", "--driver-memory", "1g", check=False,
+    )
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+    proc = _knnspark("run", "--input", "x", "--output", "y", "--k", "0", check=False)
+    assert proc.returncode == 2 and "k=0 is invalid" in proc.stderr
+
+
+def test_spark_sql_reads_output(spark, demo_input, tmp_path):
+    out = tmp_path / "exact"
+    _knnspark("run", "--input", str(demo_input), "--output", str(out), "--method", "exact",
+              "--k", "3", "--master", "local[2]", "--driver-memory", "1g")
+    spark.read.parquet(str(out)).createOrReplaceTempView("nbrs")
+    row = spark.sql(
+        "select count(*) n, count(distinct item_id) items, max(rank) max_rank from nbrs"
+    ).first()
+    assert (row.n, row.items, row.max_rank) == (12000, 4000, 3)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["recall"] is None and manifest["resolved"]["method"] == "exact"
