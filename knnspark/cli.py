@@ -73,7 +73,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--master",
-        help="Spark master for a local run (default local[*]; ignored under spark-submit unless given)",
+        help="Spark master of a local run (default local[*]; under spark-submit only if given)",
     )
     p.add_argument("--driver-memory", help="driver memory of a local embedded Spark (default 4g)")
     p.add_argument("--show", type=int, help="print the neighbours of this many items at the end")

@@ -71,6 +71,39 @@ def _sort_keys(scores: np.ndarray) -> np.ndarray:
     return high | np.arange(scores.shape[1], dtype=np.uint64)[None, :]
 
 
+def _select_topk(scores: np.ndarray, kk: int) -> np.ndarray:
+    """Column positions of each row's ``kk`` best entries by (score desc, position asc).
+
+    One float32 ``argpartition`` finds a candidate set; only rows where the k-th score is tied
+    with entries left outside the set are re-selected exactly with the uint64 sort keys, so the
+    common case never builds the 8-byte key matrix.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (b, m), float32
+    kk : int, 1 <= kk <= m
+
+    Returns
+    -------
+    ndarray of shape (b, kk), int64, best first.
+    """
+    b, m = scores.shape
+    if kk < m:
+        pos = np.argpartition(scores, m - kk, axis=1)[:, m - kk :]
+        kth = np.take_along_axis(scores, pos, axis=1).min(axis=1)
+        n_ge = (scores >= kth[:, None]).sum(axis=1)
+        tied = np.nonzero(n_ge > kk)[0]
+        if len(tied):
+            sort_keys = _sort_keys(scores[tied])
+            part = np.argpartition(sort_keys, kk - 1, axis=1)[:, :kk]
+            pos[tied] = np.take_along_axis(sort_keys, part, axis=1) & np.uint64(0xFFFFFFFF)
+    else:
+        pos = np.broadcast_to(np.arange(m), (b, m)).copy()
+    sel = np.take_along_axis(scores, pos, axis=1)
+    order = np.lexsort((pos, -sel), axis=1)
+    return np.take_along_axis(pos, order, axis=1).astype(np.int64)
+
+
 def topk_cosine(
     queries: np.ndarray,
     query_keys: np.ndarray,
@@ -136,14 +169,7 @@ def topk_cosine(
         if exclude_self:
             rows = np.nonzero(has_self[start:stop])[0]
             scores[rows, self_pos_c[start:stop][rows]] = -np.inf
-        sort_keys = _sort_keys(scores)
-        if kk < n_m:
-            part = np.argpartition(sort_keys, kk - 1, axis=1)[:, :kk]
-            top = np.take_along_axis(sort_keys, part, axis=1)
-        else:
-            top = sort_keys
-        top.sort(axis=1)
-        pos = (top & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        pos = _select_topk(scores, kk)
         sel = np.take_along_axis(scores, pos, axis=1)
         # Re-score the selected pairs in float64: a pair then gets the same score in whatever
         # bucket or block shape it was found, which keeps merges and reruns bit-identical.

@@ -223,3 +223,27 @@ def scan_topk_batches(
         [pa.array(rows[valid]), pa.array(best_keys[valid]), pa.array(best_scores[valid])],
         names=["key", "nbr", "score"],
     )
+
+
+def bucket_topk_pandas(pdf, k: int, dim: int, block_bytes: int):
+    """``applyInPandas`` twin of :func:`bucket_topk` (kept to measure the two UDF kinds)."""
+    import pandas as pd
+
+    keys = pdf["key"].to_numpy(dtype=np.int64)
+    role = pdf["role"].to_numpy()
+    x = (
+        np.stack(pdf["vec"].to_numpy()).astype(np.float32, copy=False)
+        if len(pdf)
+        else np.zeros((0, dim), np.float32)
+    )
+    is_m = (role & ROLE_MEMBER) > 0
+    is_q = (role & ROLE_QUERY) > 0
+    q_keys = keys[is_q]
+    q_order = np.argsort(q_keys, kind="stable")
+    q_keys = q_keys[q_order]
+    nbr, scores = kernel.topk_cosine(
+        x[is_q][q_order], q_keys, x[is_m], keys[is_m], k, block_bytes=block_bytes
+    )
+    valid = nbr >= 0
+    rows = np.broadcast_to(q_keys[:, None], nbr.shape)
+    return pd.DataFrame({"key": rows[valid], "nbr": nbr[valid], "score": scores[valid]})

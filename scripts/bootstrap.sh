@@ -100,7 +100,7 @@ demo() {
 
 run_tests() {
   setup
-  "$VENV/bin/ruff" check knnspark jobs tests
+  "$VENV/bin/ruff" check knnspark jobs tests scripts
   "$VENV/bin/python" -m pytest -q "$@"
 }
 

@@ -65,7 +65,12 @@ def main() -> None:
     per_item = np.bincount(item[hit], minlength=n)[check] / k
     recall = float(np.minimum(per_item, 1.0).mean())
     manifest_path = Path(args.output) / "_manifest.json"
-    report = {"n_items": n, "n_checked": int(len(check)), "k": k, "exact_recall_at_k": round(recall, 6)}
+    report = {
+        "n_items": n,
+        "n_checked": int(len(check)),
+        "k": k,
+        "exact_recall_at_k": round(recall, 6),
+    }
     if manifest_path.exists():
         est = json.loads(manifest_path.read_text()).get("recall") or {}
         report["estimate"] = est.get("recall_at_k")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def brute_force_topk(x: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def brute_force_topk(
+    x: np.ndarray, keys: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k by (score desc, key asc), self excluded.
 
     Returns

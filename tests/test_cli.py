@@ -34,10 +34,21 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     duckdb = pytest.importorskip("duckdb")
     out = tmp_path / "nbrs"
     conf = tmp_path / "job.toml"
-    conf.write_text('[knnspark]\nk = 4\nn_probe = 2\nrecall_sample = 200\n')
+    conf.write_text("[knnspark]\nk = 4\nn_probe = 2\nrecall_sample = 200\n")
     proc = _knnspark(
-        "run", "--input", str(demo_input), "--output", str(out), "--config", str(conf),
-        "--k", "5", "--master", "local[2]", "--driver-memory", "1g",
+        "run",
+        "--input",
+        str(demo_input),
+        "--output",
+        str(out),
+        "--config",
+        str(conf),
+        "--k",
+        "5",
+        "--master",
+        "local[2]",
+        "--driver-memory",
+        "1g",
     )
     summary = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
     assert summary["n_output_rows"] == 4000 * 5  # --k 5 overrides the file's k = 4
@@ -58,8 +69,12 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     assert rows == (20000, 4000, 1, 5, 0, True)
     described = con.execute(f"describe select * from read_parquet('{out}/*.parquet')").fetchall()
     types = {r[0]: r[1] for r in described}
-    assert types == {"item_id": "BIGINT", "neighbor_id": "BIGINT", "rank": "INTEGER",
-                     "score": "FLOAT"}
+    assert types == {
+        "item_id": "BIGINT",
+        "neighbor_id": "BIGINT",
+        "rank": "INTEGER",
+        "score": "FLOAT",
+    }
 
     # mode error refuses to overwrite, before doing any work
     again = _knnspark("run", "--input", str(demo_input), "--output", str(out), check=False)
@@ -69,8 +84,16 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
 
 def test_cli_reports_bad_input_clearly(tmp_path):
     proc = _knnspark(
-        "run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
-        "--master", "local[1]", "--driver-memory", "1g", check=False,
+        "run",
+        "--input",
+        str(tmp_path / "nope"),
+        "--output",
+        str(tmp_path / "o"),
+        "--master",
+        "local[1]",
+        "--driver-memory",
+        "1g",
+        check=False,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
@@ -80,8 +103,21 @@ def test_cli_reports_bad_input_clearly(tmp_path):
 
 def test_spark_sql_reads_output(spark, demo_input, tmp_path):
     out = tmp_path / "exact"
-    _knnspark("run", "--input", str(demo_input), "--output", str(out), "--method", "exact",
-              "--k", "3", "--master", "local[2]", "--driver-memory", "1g")
+    _knnspark(
+        "run",
+        "--input",
+        str(demo_input),
+        "--output",
+        str(out),
+        "--method",
+        "exact",
+        "--k",
+        "3",
+        "--master",
+        "local[2]",
+        "--driver-memory",
+        "1g",
+    )
     spark.read.parquet(str(out)).createOrReplaceTempView("nbrs")
     row = spark.sql(
         "select count(*) n, count(distinct item_id) items, max(rank) max_rank from nbrs"

@@ -9,8 +9,16 @@ from knnspark.errors import ConfigError
 
 @pytest.mark.parametrize(
     "field,value",
-    [("k", 0), ("k", -3), ("k", 2.5), ("method", "hnsw"), ("n_probe", 0), ("seed", -1),
-     ("id_col", ""), ("recall_sample", -1)],
+    [
+        ("k", 0),
+        ("k", -3),
+        ("k", 2.5),
+        ("method", "hnsw"),
+        ("n_probe", 0),
+        ("seed", -1),
+        ("id_col", ""),
+        ("recall_sample", -1),
+    ],
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -43,7 +51,8 @@ def test_toml_and_unknown_keys(tmp_path):
         load_toml(bad)
 
 
-def _prepare(ids, vectors, value_type=pa.float32()):
+def _prepare(ids, vectors, value_type=None):
+    value_type = value_type or pa.float32()
     batch = pa.RecordBatch.from_arrays(
         [pa.array(ids, pa.int64()), pa.array(vectors, pa.list_(value_type))], names=["id", "v"]
     )
@@ -59,8 +68,15 @@ def test_prepare_flags_each_bad_row_and_normalises_good_ones():
         pa.float64(),
     )
     status = out.column("status").to_pylist()
-    assert status == [0, udfs.STATUS_NULL_VECTOR, udfs.STATUS_NULL_ELEMENT,
-                      udfs.STATUS_NON_FINITE, udfs.STATUS_ZERO_NORM, udfs.STATUS_NON_FINITE, 0]
+    assert status == [
+        0,
+        udfs.STATUS_NULL_VECTOR,
+        udfs.STATUS_NULL_ELEMENT,
+        udfs.STATUS_NON_FINITE,
+        udfs.STATUS_ZERO_NORM,
+        udfs.STATUS_NON_FINITE,
+        0,
+    ]
     vec = out.column("vec").to_pylist()
     assert vec[0] == pytest.approx([0.6, 0.8])
     assert vec[6] == pytest.approx([0.0, 1.0, 0.0])
@@ -70,8 +86,10 @@ def test_prepare_flags_each_bad_row_and_normalises_good_ones():
 
 def test_prepare_handles_sliced_batches():
     batch = pa.RecordBatch.from_arrays(
-        [pa.array([1, 2, 3, 4], pa.int64()),
-         pa.array([[1, 0], [0, 0], [0, 3], [4, 0]], pa.list_(pa.float32()))],
+        [
+            pa.array([1, 2, 3, 4], pa.int64()),
+            pa.array([[1, 0], [0, 0], [0, 3], [4, 0]], pa.list_(pa.float32())),
+        ],
         names=["id", "v"],
     ).slice(2, 2)
     (out,) = list(udfs.prepare_batches(iter([batch]), "id", "v"))
@@ -83,12 +101,14 @@ def test_bucket_topk_adapter_round_trip():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    table = pa.table({
-        "bucket": np.zeros(6, np.int64),
-        "key": np.arange(6, dtype=np.int64)[::-1].copy(),
-        "role": np.array([3, 3, 1, 1, 2, 2], np.int8),
-        "vec": udfs.matrix_to_list(x),
-    })
+    table = pa.table(
+        {
+            "bucket": np.zeros(6, np.int64),
+            "key": np.arange(6, dtype=np.int64)[::-1].copy(),
+            "role": np.array([3, 3, 1, 1, 2, 2], np.int8),
+            "vec": udfs.matrix_to_list(x),
+        }
+    )
     out = udfs.bucket_topk(table, k=2, dim=3, block_bytes=1 << 20)
     # queries: keys 5, 4 (both), 1, 0 (query only); members: 5, 4, 3, 2
     assert sorted(set(out.column("key").to_pylist())) == [0, 1, 4, 5]

@@ -63,7 +63,7 @@ def test_fewer_members_than_k_pads():
     keys = np.arange(3, dtype=np.int64)
     nbr, scores = kernel.topk_cosine(x, keys, x, keys, 10)
     assert nbr.shape == (3, 3)
-    assert np.all((nbr[:, :2] >= 0)) and np.all(nbr[:, 2] == -1)
+    assert np.all(nbr[:, :2] >= 0) and np.all(nbr[:, 2] == -1)
     assert np.all(np.isneginf(scores[:, 2]))
 
 

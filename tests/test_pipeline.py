@@ -61,9 +61,7 @@ def test_kmeans_recall_against_oracle(spark, clustered):
     assert result.report.resolved["n_clusters"] == 20
     true_keys, true_scores, _ = brute_force_topk(x, keys, 10)
     kth = true_scores[:, -1]
-    hits = [
-        np.sum(np.array(by_item[k][1]) >= kth[i] - 1e-6) for i, k in enumerate(keys.tolist())
-    ]
+    hits = [np.sum(np.array(by_item[k][1]) >= kth[i] - 1e-6) for i, k in enumerate(keys.tolist())]
     recall = float(np.mean(np.minimum(hits, 10))) / 10
     assert recall >= 0.9, recall
     rep = result.report.recall
