@@ -125,3 +125,43 @@ def test_spark_sql_reads_output(spark, demo_input, tmp_path):
     assert (row.n, row.items, row.max_rank) == (12000, 4000, 3)
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["recall"] is None and manifest["resolved"]["method"] == "exact"
+
+
+def test_spark_submit_job_takes_the_same_flags(demo_input, tmp_path):
+    import os
+
+    submit = Path(sys.executable).parent / "spark-submit"
+    if not submit.exists():
+        pytest.skip("spark-submit not next to the interpreter (pyspark not pip-installed here)")
+    out = tmp_path / "submitted"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    proc = subprocess.run(
+        [
+            str(submit),
+            "--master",
+            "local[2]",
+            "--driver-memory",
+            "1g",
+            "jobs/all_items_knn.py",
+            "--input",
+            str(demo_input),
+            "--output",
+            str(out),
+            "--k",
+            "3",
+            "--n-probe",
+            "2",
+            "--recall-sample",
+            "100",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["spark"]["master"] == "local[2]"  # the submitted master, not local[*]
+    assert manifest["counts"]["n_output_rows"] == 4000 * 3
+    assert manifest["resolved"]["n_probe"] == 2
