@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import logging
 import sys
@@ -15,18 +16,30 @@ from datetime import datetime, timezone
 from typing import Any
 
 from knnspark import __version__
-from knnspark.config import METHODS, KnnConfig, load_toml, merge_config
-from knnspark.errors import KnnsparkError
+from knnspark.config import METHODS, ON_INVALID, KnnConfig, load_toml, merge_config
+from knnspark.errors import ConfigError, KnnsparkError
 
 __all__ = ["main"]
 
 log = logging.getLogger("knnspark")
 
 # Keys a config file may hold besides KnnConfig's fields.
-_JOB_KEYS = ("input", "output", "input_format", "mode", "master", "driver_memory", "show")
+_JOB_KEYS = (
+    "input",
+    "output",
+    "input_format",
+    "mode",
+    "partition_date",
+    "rejected_output",
+    "master",
+    "driver_memory",
+    "show",
+)
 _JOB_DEFAULTS: dict[str, Any] = {
     "input_format": "parquet",
-    "mode": "error",
+    "mode": None,
+    "partition_date": None,
+    "rejected_output": None,
     "master": None,
     "driver_memory": "4g",
     "show": 0,
@@ -57,7 +70,22 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         choices=("error", "overwrite"),
-        help="if the output exists: error (default) or overwrite",
+        help="if the output exists: error (default) or overwrite; with --partition-date the "
+        "default is overwrite of that one partition",
+    )
+    p.add_argument(
+        "--partition-date",
+        help="write only the partition dt=YYYY-MM-DD of the output table (reruns replace it)",
+    )
+    p.add_argument(
+        "--on-invalid",
+        choices=ON_INVALID,
+        help="invalid input rows: error (default: stop and list them) or skip (write them to "
+        "the rejected-rows output with a reason, run on the rest)",
+    )
+    p.add_argument(
+        "--rejected-output",
+        help="where --on-invalid skip writes rejected rows (default: <output>_rejected)",
     )
     p.add_argument("--seed", type=int, help="seed of every random choice (default 42)")
     p.add_argument(
@@ -121,65 +149,106 @@ def resolve_run_args(args: argparse.Namespace) -> tuple[dict[str, Any], KnnConfi
     return job, merge_config(values)
 
 
+def _resolve_output(job: dict[str, Any]) -> None:
+    """Check --partition-date and settle the write mode.
+
+    With a partition date the default mode is ``overwrite``: a rerun (an Airflow retry) replaces
+    exactly its own ``dt=`` partition and nothing else.
+    """
+    date = job.get("partition_date")
+    if date is not None:
+        try:
+            job["partition_date"] = dt.date.fromisoformat(str(date)).isoformat()
+        except ValueError as exc:
+            raise ConfigError(f"--partition-date {date!r} is not a YYYY-MM-DD date") from exc
+    if job.get("mode") is None:
+        job["mode"] = "overwrite" if date is not None else "error"
+
+
 def _run(args: argparse.Namespace) -> int:
     from knnspark import io
     from knnspark.pipeline import compute_neighbors
     from knnspark.session import get_session
 
     job, config = resolve_run_args(args)
+    _resolve_output(job)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     spark = get_session(master=job["master"], driver_memory=job["driver_memory"])
-    io.check_output(spark, job["output"], job["mode"])
+    target = io.partition_path(job["output"], job["partition_date"])
+    io.check_output(spark, target, job["mode"])
+    rejected_target = None
+    if config.on_invalid == "skip":
+        rejected_root = job.get("rejected_output") or job["output"].rstrip("/") + "_rejected"
+        rejected_target = io.partition_path(rejected_root, job["partition_date"])
+        io.check_output(spark, rejected_target, job["mode"])
     df = io.read_input(spark, job["input"], job["input_format"])
     result = compute_neighbors(df, config)
+    report = result.report
     write_start = time.perf_counter()
-    log.info("stage write started: %s", job["output"])
+    log.info("stage write started: %s", target)
     spark.sparkContext.setJobDescription("knnspark: write")
-    io.write_table(result.table, job["output"], job["mode"])
-    result.report.timings["write"] = time.perf_counter() - write_start
-    log.info("stage write done in %.1fs", result.report.timings["write"])
-    n_rows = spark.read.parquet(job["output"]).count()
-    result.report.counts["n_output_rows"] = n_rows
-    manifest = {
-        "knnspark_version": __version__,
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "wall_time_s": round(time.perf_counter() - t0, 3),
-        "input": {"path": job["input"], "format": job["input_format"]},
-        "output": {
-            "path": job["output"],
-            "mode": job["mode"],
-            "columns": ["item_id", "neighbor_id", "rank", "score"],
-        },
-        "parameters": dataclasses.asdict(config),
-        "spark": {
-            "version": spark.version,
-            "master": spark.sparkContext.master,
-            "default_parallelism": spark.sparkContext.defaultParallelism,
-        },
-        **result.report.to_dict(),
-    }
-    path = io.write_manifest(spark, job["output"], manifest)
-    recall = manifest["recall"]
+    if rejected_target is not None and result.rejected is not None:
+        io.publish_table(
+            spark,
+            result.rejected,
+            rejected_target,
+            job["mode"],
+            lambda staging: {
+                "rows": spark.read.parquet(staging).count(),
+                "by_reason": report.counts.get("n_rejected_by_reason", {}),
+                "neighbor_table": target,
+            },
+        )
+
+    def make_manifest(staging: str) -> dict[str, Any]:
+        report.timings["write"] = time.perf_counter() - write_start
+        report.counts["n_output_rows"] = spark.read.parquet(staging).count()
+        return {
+            "knnspark_version": __version__,
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "input": {"path": job["input"], "format": job["input_format"]},
+            "output": {
+                "path": target,
+                "table": job["output"],
+                "partition_date": job["partition_date"],
+                "mode": job["mode"],
+                "columns": ["item_id", "neighbor_id", "rank", "score"],
+                "rejected_rows": rejected_target,
+            },
+            "parameters": dataclasses.asdict(config),
+            "spark": {
+                "version": spark.version,
+                "master": spark.sparkContext.master,
+                "default_parallelism": spark.sparkContext.defaultParallelism,
+            },
+            **report.to_dict(),
+        }
+
+    manifest_path = io.publish_table(spark, result.table, target, job["mode"], make_manifest)
+    log.info("stage write done in %.1fs", report.timings["write"])
+    recall = report.recall
     summary = {
-        "output": job["output"],
-        "manifest": path,
-        "n_items": manifest["counts"].get("n_items"),
-        "n_output_rows": n_rows,
+        "output": target,
+        "manifest": manifest_path,
+        "n_items": report.counts.get("n_items"),
+        "n_output_rows": report.counts["n_output_rows"],
+        "n_rejected": report.counts.get("n_rejected", 0),
         "recall_at_k": None if recall is None else recall["recall_at_k"],
         "recall_ci95": None if recall is None else [recall["ci95_low"], recall["ci95_high"]],
-        "wall_time_s": manifest["wall_time_s"],
+        "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     print(json.dumps(summary, indent=2))
     if job["show"]:
-        table = spark.read.parquet(job["output"])
+        table = spark.read.parquet(target)
         first = [
             r[0]
             for r in table.select("item_id")
             .distinct()
             .orderBy("item_id")
-            .limit(int(job["show"]))
+            .limit(job["show"])
             .collect()
         ]
         table.filter(table.item_id.isin(first)).orderBy("item_id", "rank").show(

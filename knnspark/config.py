@@ -19,6 +19,7 @@ from knnspark.errors import ConfigError
 __all__ = ["KnnConfig", "load_toml", "merge_config"]
 
 METHODS = ("kmeans", "exact")
+ON_INVALID = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class KnnConfig:
     max_bucket_members, max_bucket_queries : int
         A bucket with more members (queries) is cut into member (query) chunks whose partial
         top-k lists are merged, so one UDF call never holds more than this many rows of each.
+    on_invalid : {"error", "skip"}
+        ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
+        ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
+        the manifest) and the job runs on the valid rows.
     recall_sample : int
         Items whose exact top-k is computed to estimate recall (0 disables; ignored for exact).
     seed : int
@@ -69,6 +74,7 @@ class KnnConfig:
     kmeans_sample_size: int | None = None
     max_bucket_members: int = 50_000
     max_bucket_queries: int = 50_000
+    on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
     block_bytes: int = 64 * 1024 * 1024
@@ -145,6 +151,7 @@ _CONSTRAINTS = {
     "kmeans_sample_size": _int_range(1, optional=True),
     "max_bucket_members": _int_range(1),
     "max_bucket_queries": _int_range(1),
+    "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),
     "block_bytes": _int_range(1 << 20),

@@ -1,8 +1,18 @@
-"""Reading the input table, writing the neighbour table and its manifest (any Hadoop filesystem)."""
+"""Reading the input table; publishing the neighbour table atomically (any Hadoop filesystem).
+
+A table becomes visible only when complete: it is written to a hidden staging directory beside
+its target (same filesystem), the manifest and a ``_SUCCESS`` marker are added, and the staging
+directory is then renamed onto the target. A job killed before the rename leaves the previous
+table untouched. Renames are atomic on HDFS and local filesystems; on object stores (S3, GCS) a
+rename is a copy, so there use a table format with transactional commits.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.errors import AnalysisException
@@ -14,10 +24,12 @@ __all__ = [
     "MANIFEST_NAME",
     "WRITE_MODES",
     "check_output",
+    "partition_path",
+    "publish_table",
     "read_input",
-    "write_manifest",
-    "write_table",
 ]
+
+log = logging.getLogger("knnspark")
 
 MANIFEST_NAME = "_manifest.json"
 WRITE_MODES = ("error", "overwrite")
@@ -38,42 +50,98 @@ def read_input(spark: SparkSession, path: str, fmt: str = "parquet") -> DataFram
         ) from exc
 
 
-def _fs_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
-    return hpath.getFileSystem(conf), hpath
+class _Fs:
+    """The few Hadoop FileSystem calls we need, through the JVM gateway."""
+
+    def __init__(self, spark: SparkSession, path: str):
+        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        self._jvm = jvm
+        conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+        self.fs = jvm.org.apache.hadoop.fs.Path(path).getFileSystem(conf)
+
+    def path(self, p: str) -> Any:
+        return self._jvm.org.apache.hadoop.fs.Path(p)
+
+    def exists(self, p: str) -> bool:
+        return bool(self.fs.exists(self.path(p)))
+
+    def rename(self, src: str, dst: str) -> None:
+        if not self.fs.rename(self.path(src), self.path(dst)):
+            raise OutputError(f"could not rename {src!r} to {dst!r}")
+
+    def delete(self, p: str) -> None:
+        self.fs.delete(self.path(p), True)
+
+    def mkdirs(self, p: str) -> None:
+        self.fs.mkdirs(self.path(p))
+
+    def write_text(self, p: str, text: str) -> None:
+        out = self.fs.create(self.path(p), True)
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
 
 
-def path_exists(spark: SparkSession, path: str) -> bool:
-    fs, hpath = _fs_path(spark, path)
-    return bool(fs.exists(hpath))
+def partition_path(output: str, partition_date: str | None) -> str:
+    """Where the data of one run goes: the table root, or its ``dt=`` partition."""
+    root = output.rstrip("/")
+    return f"{root}/dt={partition_date}" if partition_date else root
 
 
-def check_output(spark: SparkSession, path: str, mode: str) -> None:
-    """Fail before any work when the output exists and the mode is ``error``."""
+def check_output(spark: SparkSession, target: str, mode: str) -> None:
+    """Fail before any work when the target exists and the mode is ``error``."""
     if mode not in WRITE_MODES:
         raise OutputError(f"write mode {mode!r} is not one of {', '.join(WRITE_MODES)}")
-    if mode == "error" and path_exists(spark, path):
+    if mode == "error" and _Fs(spark, target).exists(target):
         raise OutputError(
-            f"output {path!r} already exists; pass --mode overwrite to replace it, "
+            f"output {target!r} already exists; pass --mode overwrite to replace it, "
             "or choose another --output"
         )
 
 
-def write_table(table: DataFrame, path: str, mode: str) -> None:
-    """Write the neighbour table as Parquet (``mode``: ``error`` or ``overwrite``)."""
-    table.write.mode("errorifexists" if mode == "error" else "overwrite").parquet(path)
+def _split(path: str) -> tuple[str, str]:
+    path = path.rstrip("/")
+    parent, _, name = path.rpartition("/")
+    return parent, name
 
 
-def write_manifest(spark: SparkSession, path: str, manifest: dict[str, Any]) -> str:
-    """Write ``manifest`` as ``<path>/_manifest.json`` (Spark and DuckDB readers skip it)."""
-    fs, _ = _fs_path(spark, path)
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    target = jvm.org.apache.hadoop.fs.Path(path.rstrip("/") + "/" + MANIFEST_NAME)
-    out = fs.create(target, True)
+def publish_table(
+    spark: SparkSession,
+    table: DataFrame,
+    target: str,
+    mode: str,
+    make_manifest: Callable[[str], dict[str, Any]],
+) -> str:
+    """Write ``table`` as Parquet to ``target`` atomically; returns the manifest path.
+
+    ``make_manifest(staging_path)`` is called once the data is written (so it can read the
+    written table back, e.g. to count rows) and its result is stored as ``_manifest.json``.
+    """
+    fs = _Fs(spark, target)
+    parent, name = _split(target)
+    # Staging at <parent>/_knnspark-staging-<id>/<name>: the ``_`` directory is invisible to
+    # readers of the table (Spark and DuckDB partition discovery skip it), while the leaf keeps
+    # the target's own name, so it can be read back before it is published.
+    run_id = uuid.uuid4().hex[:12]
+    staging_root = f"{parent}/_knnspark-staging-{run_id}"
+    staging = f"{staging_root}/{name}"
+    trash = f"{staging_root}/replaced-{name}"
     try:
-        out.write(bytearray(json.dumps(manifest, indent=2, default=str).encode("utf-8")))
-    finally:
-        out.close()
-    return str(target.toString())
+        table.write.mode("errorifexists").parquet(staging)
+        manifest = make_manifest(staging)
+        fs.write_text(f"{staging}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, default=str))
+        if fs.exists(target):
+            if mode == "error":
+                raise OutputError(f"output {target!r} appeared while the job ran; not replaced")
+            fs.rename(target, trash)
+        fs.rename(staging, target)
+    except BaseException:
+        if fs.exists(trash) and not fs.exists(target):
+            fs.rename(trash, target)  # put the previous table back
+        if fs.exists(staging_root):
+            fs.delete(staging_root)
+        raise
+    fs.delete(staging_root)
+    log.info("published %s", target)
+    return f"{target}/{MANIFEST_NAME}"

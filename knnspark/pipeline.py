@@ -19,6 +19,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.window import Window
 
 from knnspark import kernel, udfs
 from knnspark.buckets import BucketPlan
@@ -57,6 +58,8 @@ class Prepared:
     id_map : DataFrame or None
         ``key long, id`` for string ids (keys are the ids' ranks in sorted order, so ordering by
         key is ordering by id); ``None`` for integer ids, whose key is the id itself.
+    rejected : DataFrame or None
+        With ``on_invalid="skip"``: the invalid rows as ``id, vector, reason``.
     """
 
     data: DataFrame
@@ -64,14 +67,17 @@ class Prepared:
     dim: int
     id_type: T.DataType
     id_map: DataFrame | None
+    rejected: DataFrame | None = None
 
 
 @dataclass
 class NeighborResult:
-    """The neighbour table (``item_id, neighbor_id, rank, score``) and the run report."""
+    """The neighbour table (``item_id, neighbor_id, rank, score``), the run report, and (with
+    ``on_invalid="skip"``) the rejected input rows (``id, vector, reason``) or ``None``."""
 
     table: DataFrame
     report: RunReport
+    rejected: DataFrame | None = None
 
 
 def build_neighbors(df: DataFrame, config: KnnConfig) -> DataFrame:
@@ -125,7 +131,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         if config.method != "exact" and config.recall_sample > 0:
             report.recall = _estimate_recall(spark, merged, prep, config, report, kk)
     table = _attach_ids(merged, prep)
-    return NeighborResult(table=table, report=report)
+    return NeighborResult(table=table, report=report, rejected=prep.rejected)
 
 
 # --------------------------------------------------------------------------- validation
@@ -171,116 +177,184 @@ def _examples(df: DataFrame, cond: Any, id_col: str) -> list:
     return [r[0] for r in df.filter(cond).select(id_col).limit(_N_EXAMPLES).collect()]
 
 
+@dataclass
+class _Problem:
+    check: str
+    n_rows: int
+    text: str
+    cond: Any = None  # Column selecting the offending rows (None for duplicate ids)
+    examples: list | None = None
+
+
+_STATUS_TEXT = {
+    udfs.STATUS_NULL_VECTOR: "have a null vector",
+    udfs.STATUS_NULL_ELEMENT: "have a null element in the vector",
+    udfs.STATUS_NON_FINITE: "have a NaN or infinite vector element",
+    udfs.STATUS_ZERO_NORM: "have an all-zero vector (cosine is undefined for it)",
+}
+
+
+def _find_problems(checked: DataFrame, id_col: str) -> tuple[list[_Problem], int, int]:
+    """Count every kind of invalid row in one aggregation (plus one for duplicate ids).
+
+    Returns the problems, the total row count and the vector dimension (the most common one).
+    """
+    summary = (
+        checked.groupBy("status", "dim", F.col(id_col).isNull().alias("null_id")).count().collect()
+    )
+    n_rows = sum(r["count"] for r in summary)
+    problems: list[_Problem] = []
+    n_null_id = sum(r["count"] for r in summary if r["null_id"])
+    if n_null_id:
+        problems.append(
+            _Problem(
+                "null_id", n_null_id, "have a null id; every item needs one", F.col(id_col).isNull()
+            )
+        )
+    by_status: dict[int, int] = {}
+    for r in summary:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + r["count"]
+    for code, text in _STATUS_TEXT.items():
+        if by_status.get(code):
+            problems.append(
+                _Problem(udfs.STATUS_NAMES[code], by_status[code], text, F.col("status") == code)
+            )
+    dims: dict[int, int] = {}
+    for r in summary:
+        if r["dim"] is not None:
+            dims[r["dim"]] = dims.get(r["dim"], 0) + r["count"]
+    dim = max(dims, key=lambda d: (dims[d], -d)) if dims else 0
+    if len(dims) > 1:
+        others = ", ".join(f"{c:,} rows have {d}" for d, c in sorted(dims.items()) if d != dim)
+        n_bad = sum(c for d, c in dims.items() if d != dim)
+        text = f"have a vector length other than the usual {dim} ({others})"
+        problems.append(_Problem("dimension", n_bad, text, F.col("dim") != dim))
+    dup = (
+        checked.filter(F.col(id_col).isNotNull())
+        .groupBy(id_col)
+        .count()
+        .filter(F.col("count") > 1)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    dup_stats = dup.agg(F.count("*").alias("ids"), F.sum("count").alias("rows")).first()
+    if dup_stats is not None and dup_stats["ids"]:
+        examples = [r[0] for r in dup.orderBy(id_col).limit(_N_EXAMPLES).collect()]
+        text = f"share {dup_stats['ids']:,} ids that occur more than once; ids must be unique"
+        problems.append(_Problem("duplicate_id", int(dup_stats["rows"]), text, None, examples))
+    dup.unpersist()
+    for p in problems:
+        if p.examples is None:
+            rows = checked.filter(p.cond).select(id_col).limit(_N_EXAMPLES).collect()
+            p.examples = [r[0] for r in rows]
+    return problems, n_rows, dim
+
+
+def _input_error(problems: list[_Problem], n_rows: int) -> InputError:
+    lines = [
+        f"  - {p.check}: {p.n_rows:,} of {n_rows:,} rows {p.text} "
+        f"(e.g. ids {', '.join(map(repr, p.examples or []))})"
+        for p in problems
+    ]
+    first = problems[0]
+    return InputError(
+        f"input failed validation ({len(problems)} problem(s)):\n"
+        + "\n".join(lines)
+        + "\nFix or remove these rows, or run with --on-invalid skip to set them aside in a "
+        "rejected-rows table (never silently dropped).",
+        check=first.check,
+        n_rows=first.n_rows,
+        examples=first.examples,
+    )
+
+
+def _split_invalid(
+    checked: DataFrame, problems: list[_Problem], id_col: str, vector_col: str
+) -> tuple[DataFrame, DataFrame]:
+    """(valid rows, rejected rows with a ``reason``) for ``on_invalid="skip"``."""
+    reason = F.lit(None).cast("string")
+    for p in reversed(problems):  # the first matching check names the reason
+        if p.cond is not None:
+            reason = F.when(p.cond, F.lit(p.check)).otherwise(reason)
+    marked = checked.withColumn("reason", reason)
+    if any(p.check == "duplicate_id" for p in problems):
+        # Keep one row per id, chosen by content (not input order, which Spark does not fix):
+        # valid rows first, then the smallest vector hash.
+        w = Window.partitionBy(id_col).orderBy(
+            F.col("reason").isNotNull(), F.xxhash64("vec"), F.xxhash64("raw")
+        )
+        marked = marked.withColumn(
+            "reason",
+            F.when(
+                F.col("reason").isNull() & (F.row_number().over(w) > 1), F.lit("duplicate_id")
+            ).otherwise(F.col("reason")),
+        )
+    marked = marked.persist(StorageLevel.MEMORY_AND_DISK)
+    rejected = marked.filter(F.col("reason").isNotNull()).select(
+        id_col, F.col("raw").alias(vector_col), "reason"
+    )
+    valid = marked.filter(F.col("reason").isNull()).drop("reason", "raw")
+    return valid, rejected
+
+
 def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = None) -> Prepared:
     """Validate ``df`` and return unit vectors keyed by a long key.
 
     Every problem is counted in one pass (plus one for duplicate ids) and reported together,
-    before any heavy work starts.
+    before any heavy work starts. With ``config.on_invalid == "skip"`` the invalid rows are set
+    aside in ``Prepared.rejected`` (with a ``reason``) instead.
     """
     report = report or RunReport()
     spark = df.sparkSession
     id_col = config.id_col
+    skip = config.on_invalid == "skip"
     id_type, vec = _resolve_types(df, config)
     with stage(spark, report, "validate") as info:
         raw = df.select(F.col(id_col), vec.alias("_vec"))
+        fields = [
+            T.StructField(id_col, id_type),
+            T.StructField("vec", T.ArrayType(T.FloatType(), containsNull=False)),
+            T.StructField("dim", T.IntegerType()),
+            T.StructField("status", T.ByteType()),
+        ]
+        if skip:
+            fields.append(T.StructField("raw", raw.schema["_vec"].dataType))
         checked = raw.mapInArrow(
-            functools.partial(udfs.prepare_batches, id_col=id_col, vector_col="_vec"),
-            T.StructType(
-                [
-                    T.StructField(id_col, id_type),
-                    T.StructField("vec", T.ArrayType(T.FloatType(), containsNull=False)),
-                    T.StructField("dim", T.IntegerType()),
-                    T.StructField("status", T.ByteType()),
-                ]
+            functools.partial(
+                udfs.prepare_batches, id_col=id_col, vector_col="_vec", keep_raw=skip
             ),
+            T.StructType(fields),
         ).persist(StorageLevel.MEMORY_AND_DISK)
-        summary = (
-            checked.groupBy("status", "dim", F.col(id_col).isNull().alias("null_id"))
-            .count()
-            .collect()
-        )
-        n_rows = sum(r["count"] for r in summary)
+        problems, n_rows, dim = _find_problems(checked, id_col)
         info["rows"] = n_rows
-        problems: list[tuple[str, int, Any, str]] = []
-        n_null_id = sum(r["count"] for r in summary if r["null_id"])
-        if n_null_id:
-            problems.append(
-                (
-                    "null_id",
-                    n_null_id,
-                    F.col(id_col).isNull(),
-                    "have a null id; every item needs one",
-                )
-            )
-        by_status: dict[int, int] = {}
-        for r in summary:
-            by_status[r["status"]] = by_status.get(r["status"], 0) + r["count"]
-        messages = {
-            udfs.STATUS_NULL_VECTOR: "have a null vector",
-            udfs.STATUS_NULL_ELEMENT: "have a null element in the vector",
-            udfs.STATUS_NON_FINITE: "have a NaN or infinite vector element",
-            udfs.STATUS_ZERO_NORM: "have an all-zero vector (cosine is undefined for it)",
-        }
-        for code, text in messages.items():
-            if by_status.get(code):
-                problems.append(
-                    (udfs.STATUS_NAMES[code], by_status[code], F.col("status") == code, text)
-                )
-        dims: dict[int, int] = {}
-        for r in summary:
-            if r["dim"] is not None and r["status"] != udfs.STATUS_NULL_VECTOR:
-                dims[r["dim"]] = dims.get(r["dim"], 0) + r["count"]
-        dim = max(dims, key=lambda d: (dims[d], -d)) if dims else 0
-        if len(dims) > 1:
-            others = ", ".join(f"{c:,} rows have {d}" for d, c in sorted(dims.items()) if d != dim)
-            n_bad = sum(c for d, c in dims.items() if d != dim)
-            problems.append(
-                (
-                    "dimension",
-                    n_bad,
-                    F.col("dim") != dim,
-                    f"have a vector length other than the usual {dim} ({others})",
-                )
-            )
-        dup = (
-            checked.filter(F.col(id_col).isNotNull())
-            .groupBy(id_col)
-            .count()
-            .filter(F.col("count") > 1)
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        dup_stats = dup.agg(F.count("*").alias("ids"), F.sum("count").alias("rows")).first()
-        if dup_stats is not None and dup_stats["ids"]:
-            examples = [r[0] for r in dup.orderBy(id_col).limit(_N_EXAMPLES).collect()]
-            problems.append(
-                (
-                    "duplicate_id",
-                    int(dup_stats["rows"]),
-                    examples,
-                    f"share {dup_stats['ids']:,} ids that occur more than once; ids must be unique",
-                )
-            )
-        dup.unpersist()
-        if problems:
-            lines = []
-            first = None
-            for check, count, cond, text in problems:
-                examples = cond if isinstance(cond, list) else _examples(checked, cond, id_col)
-                lines.append(
-                    f"  - {check}: {count:,} of {n_rows:,} rows {text} "
-                    f"(e.g. ids {', '.join(map(repr, examples))})"
-                )
-                first = first or (check, count, examples)
+        rejected = None
+        report.counts["n_input_rows"] = n_rows
+        if problems and not skip:
             checked.unpersist()
-            assert first is not None
-            raise InputError(
-                f"input failed validation ({len(problems)} problem(s)):\n"
-                + "\n".join(lines)
-                + "\nFix or remove these rows (they are never silently dropped) and run again.",
-                check=first[0],
-                n_rows=first[1],
-                examples=first[2],
+            raise _input_error(problems, n_rows)
+        if problems:
+            valid, rejected = _split_invalid(checked, problems, id_col, config.vector_col)
+            by_reason = {
+                r["reason"]: r["count"] for r in rejected.groupBy("reason").count().collect()
+            }
+            report.counts["n_rejected"] = sum(by_reason.values())
+            report.counts["n_rejected_by_reason"] = dict(sorted(by_reason.items()))
+            log.warning(
+                "set aside %d invalid rows (%s); they go to the rejected-rows output",
+                report.counts["n_rejected"],
+                ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())),
             )
+            n_rows -= report.counts["n_rejected"]
+            for p in problems:
+                log.warning("  %s: %d rows (e.g. ids %s)", p.check, p.n_rows, p.examples)
+            checked = valid
+        else:
+            report.counts["n_rejected"] = 0
+            if skip:  # an empty rejected table, so a rerun clears the previous one
+                rejected = checked.limit(0).select(
+                    id_col,
+                    F.col("raw").alias(config.vector_col),
+                    F.lit(None).cast("string").alias("reason"),
+                )
 
     with stage(spark, report, "normalise") as info:
         if isinstance(id_type, T.StringType):
@@ -299,7 +373,9 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
         data = data.persist(StorageLevel.MEMORY_AND_DISK)
         info["rows"] = data.count()
         checked.unpersist()
-    return Prepared(data=data, n_items=n_rows, dim=dim, id_type=id_type, id_map=id_map)
+    return Prepared(
+        data=data, n_items=n_rows, dim=dim, id_type=id_type, id_map=id_map, rejected=rejected
+    )
 
 
 def _table_udf(fn: Any, **kwargs: Any) -> Any:

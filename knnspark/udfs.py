@@ -69,12 +69,13 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
 
 
 def prepare_batches(
-    batches: Iterator[pa.RecordBatch], id_col: str, vector_col: str
+    batches: Iterator[pa.RecordBatch], id_col: str, vector_col: str, keep_raw: bool = False
 ) -> Iterator[pa.RecordBatch]:
     """Validate and L2-normalise vectors.
 
     Output columns: the id (unchanged), ``vec`` (unit float32 list, null unless status is 0),
-    ``dim`` (list length, null for a null vector) and ``status`` (see ``STATUS_NAMES``).
+    ``dim`` (list length, null for a null vector), ``status`` (see ``STATUS_NAMES``) and, with
+    ``keep_raw``, the input vector unchanged as ``raw`` (to write rejected rows as they came).
     """
     for batch in batches:
         ids = _column(batch, id_col)
@@ -114,9 +115,12 @@ def prepare_batches(
             pa.array(new_offsets), pa.array(out[keep_value]), mask=pa.array(~ok)
         )
         dim = pa.array(np.where(is_null, 0, lengths).astype(np.int32), mask=is_null)
-        yield pa.RecordBatch.from_arrays(
-            [ids, vec_out, dim, pa.array(status)], names=[id_col, "vec", "dim", "status"]
-        )
+        columns = [ids, vec_out, dim, pa.array(status)]
+        names = [id_col, "vec", "dim", "status"]
+        if keep_raw:
+            columns.append(vec)
+            names.append("raw")
+        yield pa.RecordBatch.from_arrays(columns, names=names)
 
 
 def cluster_count_batches(
