@@ -43,6 +43,11 @@ class KnnConfig:
     n_probe : int or None
         Buckets each item queries (its own included); ``None`` picks a default from the number
         of clusters (see :meth:`resolve_n_probe`).
+    reverse_candidates : bool
+        Also give each bucket member its best queries of the bucket (computed from the same
+        score matrix): a pair is then found when *either* item probes the other's bucket. Costs
+        no extra matrix product; on real embeddings it lifts recall as much as doubling
+        ``n_probe``.
     kmeans_iter : int
         Lloyd iterations of the driver-side k-means.
     kmeans_sample_size : int or None
@@ -70,6 +75,7 @@ class KnnConfig:
     n_clusters: int | None = None
     target_bucket_size: int = 1000
     n_probe: int | None = None
+    reverse_candidates: bool = True
     kmeans_iter: int = 20
     kmeans_sample_size: int | None = None
     max_bucket_members: int = 50_000
@@ -147,6 +153,7 @@ _CONSTRAINTS = {
     "n_clusters": _int_range(1, optional=True),
     "target_bucket_size": _int_range(2),
     "n_probe": _int_range(1, optional=True),
+    "reverse_candidates": lambda v: None if isinstance(v, bool) else "must be true or false",
     "kmeans_iter": _int_range(1, 1000),
     "kmeans_sample_size": _int_range(1, optional=True),
     "max_bucket_members": _int_range(1),

@@ -13,10 +13,14 @@ rows over in.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
+    "BucketTopK",
+    "bucket_topk_cosine",
     "l2_normalize",
     "merge_topk",
     "query_block_rows",
@@ -104,6 +108,137 @@ def _select_topk(scores: np.ndarray, kk: int) -> np.ndarray:
     return np.take_along_axis(pos, order, axis=1).astype(np.int64)
 
 
+class BucketTopK(NamedTuple):
+    """Result of :func:`bucket_topk_cosine`.
+
+    Attributes
+    ----------
+    neighbor_keys, scores : ndarray of shape (n_queries, min(k, n_members))
+        Each query's best members (as :func:`topk_cosine`).
+    member_keys : ndarray of shape (n_members,)
+        The members, in key order.
+    reverse_keys, reverse_scores : ndarray of shape (n_members, min(k, n_queries))
+        Each member's best *queries* (self excluded, ``-1`` / ``-inf`` padding); empty (width 0)
+        unless ``reverse`` was asked.
+    """
+
+    neighbor_keys: np.ndarray
+    scores: np.ndarray
+    member_keys: np.ndarray
+    reverse_keys: np.ndarray
+    reverse_scores: np.ndarray
+
+
+def _rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """float64 cosine of rows ``a[i]`` with ``b[pos[i, j]]``, clipped, ``-inf`` where invalid.
+
+    Re-scoring the selected pairs in float64 gives a pair the same score in whatever bucket,
+    block shape or direction it was found, which keeps merges and reruns bit-identical.
+    """
+    exact = np.einsum("id,ikd->ik", a.astype(np.float64), b[pos].astype(np.float64))
+    exact = np.clip(exact, -1.0, 1.0).astype(np.float32)
+    return np.where(valid, exact, np.float32(-np.inf))
+
+
+def _ranked(keys: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (score desc, key asc)."""
+    order = np.lexsort((keys, -scores), axis=1)
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def bucket_topk_cosine(
+    queries: np.ndarray,
+    query_keys: np.ndarray,
+    members: np.ndarray,
+    member_keys: np.ndarray,
+    k: int,
+    *,
+    reverse: bool = False,
+    exclude_self: bool = True,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> BucketTopK:
+    """Top-k members of every query and, with ``reverse``, top-k queries of every member.
+
+    The reverse lists come from the same score matrices (no extra matrix product): a pair is
+    then found when either item probes the other's bucket, which raises recall for the same
+    number of probes.
+
+    Parameters
+    ----------
+    queries : ndarray of shape (n_queries, d), float32
+        L2-normalised query vectors.
+    query_keys : ndarray of shape (n_queries,), int64
+        Item keys of the queries, unique.
+    members : ndarray of shape (n_members, d), float32
+        L2-normalised member vectors.
+    member_keys : ndarray of shape (n_members,), int64
+        Item keys of the members, unique.
+    k : int
+        Neighbours wanted per item.
+    reverse : bool, default False
+        Also compute each member's best queries.
+    exclude_self : bool, default True
+        Never pair an item with itself (same key).
+    block_bytes : int
+        Memory budget per query block (see :func:`query_block_rows`).
+
+    Returns
+    -------
+    BucketTopK
+    """
+    n_q, n_m = len(query_keys), len(member_keys)
+    kk = min(k, n_m)
+    kr = min(k, n_q) if reverse else 0
+    out_keys = np.full((n_q, kk), -1, dtype=np.int64)
+    out_scores = np.full((n_q, kk), -np.inf, dtype=np.float32)
+    rev_keys = np.full((n_m, 0), -1, dtype=np.int64)
+    rev_scores = np.full((n_m, 0), -np.inf, dtype=np.float32)
+
+    # Members and queries in key order: a position then breaks ties exactly like its key would.
+    m_order = np.argsort(member_keys, kind="stable")
+    m_keys = np.asarray(member_keys, dtype=np.int64)[m_order]
+    if n_q == 0 or kk <= 0:
+        return BucketTopK(out_keys, out_scores, m_keys, rev_keys, rev_scores)
+    m_vecs = np.ascontiguousarray(members[m_order], dtype=np.float32)
+    q_order = np.argsort(query_keys, kind="stable")
+    q_keys = np.asarray(query_keys, dtype=np.int64)[q_order]
+    q_vecs = np.ascontiguousarray(queries[q_order], dtype=np.float32)
+    dim = m_vecs.shape[1]
+
+    if exclude_self:
+        self_pos = np.minimum(np.searchsorted(m_keys, q_keys), n_m - 1)
+        has_self = m_keys[self_pos] == q_keys
+    step = query_block_rows(n_m, max(kk, kr), dim, block_bytes)
+    m_t = m_vecs.T
+    for start in range(0, n_q, step):
+        stop = min(start + step, n_q)
+        q_block = q_vecs[start:stop]
+        scores = q_block @ m_t  # (b, n_m) float32 BLAS product
+        if exclude_self:
+            rows = np.nonzero(has_self[start:stop])[0]
+            scores[rows, self_pos[start:stop][rows]] = -np.inf
+        pos = _select_topk(scores, kk)
+        valid = np.isfinite(np.take_along_axis(scores, pos, axis=1))
+        exact = _rescore(q_block, m_vecs, pos, valid)
+        keys = np.where(valid, m_keys[pos], -1)
+        # Re-scoring can swap near-equal neighbours: restore (score desc, key asc).
+        out_keys[start:stop], out_scores[start:stop] = _ranked(keys, exact)
+        if reverse:
+            cols = np.ascontiguousarray(scores.T)  # (n_m, b)
+            kb = min(kr, stop - start)
+            rpos = _select_topk(cols, kb)
+            rvalid = np.isfinite(np.take_along_axis(cols, rpos, axis=1))
+            rexact = _rescore(m_vecs, q_block, rpos, rvalid)
+            rkeys = np.where(rvalid, q_keys[start:stop][rpos], -1)
+            rev_keys, rev_scores = merge_rows(rev_keys, rev_scores, rkeys, rexact, kr)
+    # Queries back in the caller's order.
+    inverse = np.empty_like(q_order)
+    inverse[q_order] = np.arange(n_q)
+    if reverse:
+        rev_keys, rev_scores = _ranked(rev_keys, rev_scores)
+    return BucketTopK(out_keys[inverse], out_scores[inverse], m_keys, rev_keys, rev_scores)
+
+
 def topk_cosine(
     queries: np.ndarray,
     query_keys: np.ndarray,
@@ -139,54 +274,19 @@ def topk_cosine(
         Member keys ranked by (score desc, key asc); ``-1`` where fewer members exist (a query
         whose only member is itself).
     scores : ndarray of shape (n_queries, min(k, n_members)), float32
-        Cosine similarities clipped to [-1, 1], re-computed in float64 for the selected pairs so a
-        pair scores the same in every bucket; ``-inf`` where the key is ``-1``.
+        Cosine similarities clipped to [-1, 1], re-computed in float64 for the selected pairs;
+        ``-inf`` where the key is ``-1``.
     """
-    n_q, n_m = len(query_keys), len(member_keys)
-    kk = min(k, n_m)
-    out_keys = np.full((n_q, kk), -1, dtype=np.int64)
-    out_scores = np.full((n_q, kk), -np.inf, dtype=np.float32)
-    if n_q == 0 or kk <= 0:
-        return out_keys, out_scores
-
-    # Members in key order: a column's position then breaks ties exactly like its key would.
-    order = np.argsort(member_keys, kind="stable")
-    m_keys = np.asarray(member_keys, dtype=np.int64)[order]
-    m_vecs = np.ascontiguousarray(members[order], dtype=np.float32)
-    q_keys = np.asarray(query_keys, dtype=np.int64)
-    q_vecs = np.ascontiguousarray(queries, dtype=np.float32)
-    dim = m_vecs.shape[1]
-
-    if exclude_self:
-        self_pos = np.searchsorted(m_keys, q_keys)
-        self_pos_c = np.minimum(self_pos, n_m - 1)
-        has_self = m_keys[self_pos_c] == q_keys
-    step = query_block_rows(n_m, kk, dim, block_bytes)
-    m_t = m_vecs.T
-    for start in range(0, n_q, step):
-        stop = min(start + step, n_q)
-        scores = q_vecs[start:stop] @ m_t  # (b, n_m) float32 BLAS product
-        if exclude_self:
-            rows = np.nonzero(has_self[start:stop])[0]
-            scores[rows, self_pos_c[start:stop][rows]] = -np.inf
-        pos = _select_topk(scores, kk)
-        sel = np.take_along_axis(scores, pos, axis=1)
-        # Re-score the selected pairs in float64: a pair then gets the same score in whatever
-        # bucket or block shape it was found, which keeps merges and reruns bit-identical.
-        exact = np.einsum(
-            "id,ikd->ik",
-            q_vecs[start:stop].astype(np.float64),
-            m_vecs[pos].astype(np.float64),
-        )
-        exact = np.clip(exact, -1.0, 1.0).astype(np.float32)
-        valid = np.isfinite(sel)
-        exact = np.where(valid, exact, np.float32(-np.inf))
-        keys = np.where(valid, m_keys[pos], -1)
-        # Re-scoring can swap near-equal neighbours: restore (score desc, key asc).
-        resort = np.lexsort((keys, -exact), axis=1)
-        out_keys[start:stop] = np.take_along_axis(keys, resort, axis=1)
-        out_scores[start:stop] = np.take_along_axis(exact, resort, axis=1)
-    return out_keys, out_scores
+    res = bucket_topk_cosine(
+        queries,
+        query_keys,
+        members,
+        member_keys,
+        k,
+        exclude_self=exclude_self,
+        block_bytes=block_bytes,
+    )
+    return res.neighbor_keys, res.scores
 
 
 def merge_topk(

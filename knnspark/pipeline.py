@@ -412,13 +412,15 @@ def _bucket_candidates(
     sc = spark.sparkContext
     bc_centroids = sc.broadcast(centroids)
     dim, k, block_bytes = prep.dim, config.k, config.block_bytes
+    # Exact mode already pairs every query with every member; reverse lists would add nothing.
+    reverse = centroids is not None and config.reverse_candidates
 
     def assign(batches):  # closes over the broadcast, read on the executor
         return udfs.assign_batches(batches, bc_centroids.value, n_probe, plan, dim)
 
     rows = prep.data.mapInArrow(assign, "bucket long, key long, role byte, vec array<float>")
     return rows.groupBy("bucket").applyInArrow(
-        _table_udf(udfs.bucket_topk, k=k, dim=dim, block_bytes=block_bytes),
+        _table_udf(udfs.bucket_topk, k=k, dim=dim, block_bytes=block_bytes, reverse=reverse),
         _CANDIDATE_SCHEMA,
     )
 
@@ -512,7 +514,7 @@ def _merge(
     spark: SparkSession, cands: DataFrame, prep: Prepared, config: KnnConfig, report: RunReport
 ) -> DataFrame:
     n_probe = report.resolved.get("n_probe", report.resolved.get("n_blocks", 1))
-    est_rows = prep.n_items * config.k * n_probe
+    est_rows = prep.n_items * config.k * (n_probe + 1)
     n_groups = max(1, math.ceil(est_rows / _MERGE_GROUP_ROWS))
     with stage(spark, report, "topk+merge") as info:
         merged = (

@@ -166,24 +166,35 @@ def assign_batches(
         )
 
 
-def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int) -> pa.Table:
-    """Top-k of every query of one bucket among the bucket's members: rows ``(key, nbr, score)``."""
+def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bool) -> pa.Table:
+    """Candidate pairs ``(key, nbr, score)`` of one bucket.
+
+    Each query's top-k among the bucket's members and, with ``reverse``, each member's top-k
+    among the bucket's queries.
+    """
     keys = _column(table, "key").to_numpy().astype(np.int64)
     role = _column(table, "role").to_numpy()
     x = list_to_matrix(_column(table, "vec"), dim)
     is_m = (role & ROLE_MEMBER) > 0
     is_q = (role & ROLE_QUERY) > 0
-    q_keys = keys[is_q]
-    # Queries in key order: the output then does not depend on the order Spark delivered rows in.
-    q_order = np.argsort(q_keys, kind="stable")
-    q_keys = q_keys[q_order]
-    nbr, scores = kernel.topk_cosine(
-        x[is_q][q_order], q_keys, x[is_m], keys[is_m], k, block_bytes=block_bytes
+    res = kernel.bucket_topk_cosine(
+        x[is_q], keys[is_q], x[is_m], keys[is_m], k, reverse=reverse, block_bytes=block_bytes
     )
-    valid = nbr >= 0
-    rows = np.broadcast_to(q_keys[:, None], nbr.shape)
+    parts = [(keys[is_q], res.neighbor_keys, res.scores)]
+    if reverse:
+        parts.append((res.member_keys, res.reverse_keys, res.reverse_scores))
+    rows, nbrs, scores = [], [], []
+    for owners, nbr, score in parts:
+        valid = nbr >= 0
+        rows.append(np.broadcast_to(owners[:, None], nbr.shape)[valid])
+        nbrs.append(nbr[valid])
+        scores.append(score[valid])
     return pa.table(
-        {"key": rows[valid], "nbr": nbr[valid], "score": scores[valid].astype(np.float32)}
+        {
+            "key": np.concatenate(rows),
+            "nbr": np.concatenate(nbrs),
+            "score": np.concatenate(scores).astype(np.float32),
+        }
     )
 
 
@@ -229,25 +240,18 @@ def scan_topk_batches(
     )
 
 
-def bucket_topk_pandas(pdf, k: int, dim: int, block_bytes: int):
+def bucket_topk_pandas(pdf, k: int, dim: int, block_bytes: int, reverse: bool):
     """``applyInPandas`` twin of :func:`bucket_topk` (kept to measure the two UDF kinds)."""
-    import pandas as pd
-
-    keys = pdf["key"].to_numpy(dtype=np.int64)
-    role = pdf["role"].to_numpy()
-    x = (
+    vectors = (
         np.stack(pdf["vec"].to_numpy()).astype(np.float32, copy=False)
         if len(pdf)
         else np.zeros((0, dim), np.float32)
     )
-    is_m = (role & ROLE_MEMBER) > 0
-    is_q = (role & ROLE_QUERY) > 0
-    q_keys = keys[is_q]
-    q_order = np.argsort(q_keys, kind="stable")
-    q_keys = q_keys[q_order]
-    nbr, scores = kernel.topk_cosine(
-        x[is_q][q_order], q_keys, x[is_m], keys[is_m], k, block_bytes=block_bytes
+    table = pa.table(
+        {
+            "key": pdf["key"].to_numpy(dtype=np.int64),
+            "role": pdf["role"].to_numpy(),
+            "vec": matrix_to_list(vectors),
+        }
     )
-    valid = nbr >= 0
-    rows = np.broadcast_to(q_keys[:, None], nbr.shape)
-    return pd.DataFrame({"key": rows[valid], "nbr": nbr[valid], "score": scores[valid]})
+    return bucket_topk(table, k, dim, block_bytes, reverse).to_pandas()

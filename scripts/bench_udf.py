@@ -53,10 +53,12 @@ def main() -> None:
         n_rows = rows.count()
 
         def arrow_fn(table: pa.Table) -> pa.Table:
-            return udfs.bucket_topk(table, k=10, dim=dim, block_bytes=cfg.block_bytes)
+            return udfs.bucket_topk(table, k=10, dim=dim, block_bytes=cfg.block_bytes, reverse=True)
 
         def pandas_fn(pdf):
-            return udfs.bucket_topk_pandas(pdf, k=10, dim=dim, block_bytes=cfg.block_bytes)
+            return udfs.bucket_topk_pandas(
+                pdf, k=10, dim=dim, block_bytes=cfg.block_bytes, reverse=True
+            )
 
         schema = "key long, nbr long, score float"
         runs = {

@@ -109,9 +109,13 @@ def test_bucket_topk_adapter_round_trip():
             "vec": udfs.matrix_to_list(x),
         }
     )
-    out = udfs.bucket_topk(table, k=2, dim=3, block_bytes=1 << 20)
+    out = udfs.bucket_topk(table, k=2, dim=3, block_bytes=1 << 20, reverse=False)
     # queries: keys 5, 4 (both), 1, 0 (query only); members: 5, 4, 3, 2
     assert sorted(set(out.column("key").to_pylist())) == [0, 1, 4, 5]
     assert out.num_rows == 8
+    both = udfs.bucket_topk(table, k=2, dim=3, block_bytes=1 << 20, reverse=True)
+    # plus each member's best 2 queries (members 3, 2 now get candidates too)
+    assert sorted(set(both.column("key").to_pylist())) == [0, 1, 2, 3, 4, 5]
+    assert both.num_rows == 8 + 4 * 2
     merged = udfs.merge_table(out, k=1)
     assert merged.num_rows == 4 and set(merged.column("rank").to_pylist()) == {1}

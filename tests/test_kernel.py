@@ -107,3 +107,29 @@ def test_mix64_is_seeded_and_spreads():
     assert not np.array_equal(a, b)
     counts = np.bincount((a % np.uint64(10)).astype(np.int64), minlength=10)
     assert counts.min() > 800
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, kernel.DEFAULT_BLOCK_BYTES])
+def test_reverse_lists_match_brute_force(block_bytes):
+    rng = np.random.default_rng(7)
+    q = _unit(rng, 4000, 12)
+    m = np.concatenate([q[:50], _unit(rng, 150, 12)])  # 50 items are both query and member
+    qk = np.arange(4000, dtype=np.int64)
+    mk = np.concatenate([qk[:50], np.arange(10_000, 10_150)])
+    res = kernel.bucket_topk_cosine(q, qk, m, mk, 5, reverse=True, block_bytes=block_bytes)
+    if block_bytes == 1 << 20:
+        assert kernel.query_block_rows(len(mk), 5, 12, block_bytes) < 4000  # several blocks
+    sims = m.astype(np.float64) @ q.T.astype(np.float64)  # (members, queries)
+    same = mk[:, None] == qk[None, :]
+    sims[same] = -np.inf
+    assert np.array_equal(res.member_keys, np.sort(mk))
+    for i, key in enumerate(res.member_keys):
+        row = np.nonzero(mk == key)[0][0]
+        got = res.reverse_keys[i]
+        assert key not in got
+        np.testing.assert_allclose(res.reverse_scores[i], np.sort(sims[row])[::-1][:5], atol=1e-5)
+        np.testing.assert_allclose(res.reverse_scores[i], sims[row, got], atol=1e-5)
+    # forward lists unchanged by asking for reverse ones
+    fk, fs = kernel.topk_cosine(q, qk, m, mk, 5, block_bytes=block_bytes)
+    np.testing.assert_array_equal(fk, res.neighbor_keys)
+    np.testing.assert_array_equal(fs, res.scores)

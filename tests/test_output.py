@@ -78,10 +78,14 @@ def test_partition_date_replaces_only_its_partition(spark, tmp_path):
     )
     assert _run("--input", inp, "--output", out, "--partition-date", "2026-13-01") == 2
     duckdb = pytest.importorskip("duckdb")
-    n = duckdb.connect().execute(
-        f"select count(*) from read_parquet('{out}/dt=*/*.parquet', hive_partitioning = true) "
-        "where dt = '2026-11-01'"
-    ).fetchone()[0]
+    n = (
+        duckdb.connect()
+        .execute(
+            f"select count(*) from read_parquet('{out}/dt=*/*.parquet', hive_partitioning = true) "
+            "where dt = '2026-11-01'"
+        )
+        .fetchone()[0]
+    )
     assert n == 120
 
 
