@@ -51,10 +51,30 @@ class BucketPlan:
         max_members: int,
         max_queries: int,
         seed: int,
+        *,
+        max_work: int | None = None,
+        dim: int = 1,
     ) -> BucketPlan:
-        """Plan from per-cluster member and query counts (arrays of shape (n_clusters,))."""
-        mc = np.maximum(1, -(-np.asarray(n_members, dtype=np.int64) // max_members))
-        qc = np.maximum(1, -(-np.asarray(n_queries, dtype=np.int64) // max_queries))
+        """Plan from per-cluster member and query counts (arrays of shape (n_clusters,)).
+
+        Each bucket gets at most ``max_members`` members and ``max_queries`` queries and, when
+        ``max_work`` is given, at most ``members x queries x dim <= max_work`` (whichever side is
+        larger is cut further). Chunks are filled by a hash of the key, so a chunk's size is its
+        share plus hash noise (a few percent for chunks of thousands of rows).
+        """
+        m = np.asarray(n_members, dtype=np.int64)
+        q = np.asarray(n_queries, dtype=np.int64)
+        mc = np.maximum(1, -(-m // max_members))
+        qc = np.maximum(1, -(-q // max_queries))
+        if max_work is not None:
+            for c in np.nonzero((-(-m // mc)) * (-(-q // qc)) * dim > max_work)[0]:
+                while (-(-m[c] // mc[c])) * (-(-q[c] // qc[c])) * dim > max_work:
+                    if -(-m[c] // mc[c]) >= -(-q[c] // qc[c]) and mc[c] < m[c]:
+                        mc[c] += 1
+                    elif qc[c] < q[c]:
+                        qc[c] += 1
+                    else:
+                        break  # one member x one query: cannot cut further
         sizes = mc * qc
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         return cls(mc, qc, offsets, seed)

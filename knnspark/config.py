@@ -20,6 +20,7 @@ __all__ = ["KnnConfig", "load_toml", "merge_config"]
 
 METHODS = ("kmeans", "exact")
 ON_INVALID = ("error", "skip")
+DEFAULT_N_PROBE = 10
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class KnnConfig:
     target_bucket_size : int
         Items per bucket the automatic ``n_clusters`` aims for.
     n_probe : int or None
-        Buckets each item queries (its own included); ``None`` picks a default from the number
-        of clusters (see :meth:`resolve_n_probe`).
+        Buckets each item queries (its own included); ``None``: 10, or every bucket when there
+        are fewer (see :meth:`resolve_n_probe`).
     reverse_candidates : bool
         Also give each bucket member its best queries of the bucket (computed from the same
         score matrix): a pair is then found when *either* item probes the other's bucket. Costs
@@ -56,6 +57,10 @@ class KnnConfig:
     max_bucket_members, max_bucket_queries : int
         A bucket with more members (queries) is cut into member (query) chunks whose partial
         top-k lists are merged, so one UDF call never holds more than this many rows of each.
+    max_bucket_work : int
+        Cap on ``members x queries x dim`` of one UDF call (one bucket's matrix product); a
+        bucket above it is cut further. Bounds the time of a task whatever the skew (a default
+        vector shared by a third of the table, one giant topic).
     on_invalid : {"error", "skip"}
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
@@ -80,6 +85,7 @@ class KnnConfig:
     kmeans_sample_size: int | None = None
     max_bucket_members: int = 50_000
     max_bucket_queries: int = 50_000
+    max_bucket_work: int = 20_000_000_000
     on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
@@ -102,13 +108,15 @@ class KnnConfig:
     def resolve_n_probe(self, n_clusters: int) -> int:
         """Buckets probed per item.
 
-        The default grows like ``sqrt(n_clusters)`` (8 at 64 clusters, 32 at 1,000): the work per
-        item then grows like ``sqrt(n_items)``, far below exact's ``n_items``, while recall stays
-        high on clustered data (see the README's measurements).
+        The default is a constant 10 (or every cluster, when there are fewer): the work per item
+        is then ``10 x target_bucket_size`` pairs whatever the table size, so run time grows
+        linearly with the number of items. Measured recall@10 at this default (with reverse
+        candidates): 0.998 on clustered synthetic 100k and 1M tables, 0.91 on real 384-d word
+        embeddings (see the README); raise ``n_probe`` for harder data.
         """
         if self.n_probe is not None:
             return min(self.n_probe, n_clusters)
-        return min(n_clusters, max(8, math.ceil(math.sqrt(n_clusters))))
+        return min(n_clusters, DEFAULT_N_PROBE)
 
     def resolve_sample_size(self, n_items: int, n_clusters: int) -> int:
         if self.kmeans_sample_size is not None:
@@ -158,6 +166,7 @@ _CONSTRAINTS = {
     "kmeans_sample_size": _int_range(1, optional=True),
     "max_bucket_members": _int_range(1),
     "max_bucket_queries": _int_range(1),
+    "max_bucket_work": _int_range(1),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),

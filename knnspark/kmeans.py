@@ -20,6 +20,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+def _cluster_sums(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Per-cluster sums of rows, shape (n_clusters, d), float64 (sort + reduceat, not add.at)."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    sums = np.zeros((n_clusters, x.shape[1]), dtype=np.float64)
+    sums[sorted_labels[starts]] = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    return sums
+
+
 def fit_spherical_kmeans(
     x: np.ndarray,
     n_clusters: int,
@@ -60,8 +70,7 @@ def fit_spherical_kmeans(
         labels = np.argmax(sims, axis=1)
         best = sims[np.arange(n), labels]
         objective = float(best.mean())
-        sums = np.zeros_like(centroids, dtype=np.float64)
-        np.add.at(sums, labels, x)
+        sums = _cluster_sums(x, labels, n_clusters)
         counts = np.bincount(labels, minlength=n_clusters)
         empty = np.nonzero(counts == 0)[0]
         if len(empty):

@@ -482,7 +482,13 @@ def _kmeans_candidates(
             n_members[r["cluster"]] = r["m"]
             n_queries[r["cluster"]] = r["q"]
         plan = BucketPlan.from_counts(
-            n_members, n_queries, config.max_bucket_members, config.max_bucket_queries, config.seed
+            n_members,
+            n_queries,
+            config.max_bucket_members,
+            config.max_bucket_queries,
+            config.seed,
+            max_work=config.max_bucket_work,
+            dim=dim,
         )
         info["rows"] = int(n_queries.sum())
     report.resolved.update(
@@ -495,6 +501,9 @@ def _kmeans_candidates(
         cluster_members_min=int(n_members.min()),
         cluster_members_median=float(np.median(n_members)),
         cluster_members_max=int(n_members.max()),
+        cluster_queries_max=int(n_queries.max()),
+        bucket_members_max=int((-(-n_members // plan.member_chunks)).max()),
+        bucket_queries_max=int((-(-n_queries // plan.query_chunks)).max()),
     )
     log.info(
         "k-means: %d clusters (members per cluster min %d / median %.0f / max %d), n_probe %d, "

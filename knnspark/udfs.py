@@ -8,6 +8,7 @@ call them on hand-made Arrow batches without Spark.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -39,6 +40,24 @@ STATUS_NAMES = {
 }
 
 VEC_TYPE = pa.list_(pa.float32())
+
+#: Test hook: with this environment variable set to 1 in the Python workers, the first attempt
+#: of every task running a knnspark UDF fails (retry-safety tests, under a ``local[n,retries]``
+#: master). Never set it in production.
+FAIL_FIRST_ATTEMPT_ENV = "KNNSPARK_FAIL_FIRST_ATTEMPT"
+
+
+def _maybe_fail(where: str) -> None:
+    if os.environ.get(FAIL_FIRST_ATTEMPT_ENV) != "1":
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.attemptNumber() == 0:
+        raise RuntimeError(
+            f"knnspark: injected failure in {where} (stage {ctx.stageId()}, "
+            f"partition {ctx.partitionId()}, attempt 0)"
+        )
 
 
 def list_to_matrix(arr: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
@@ -77,6 +96,7 @@ def prepare_batches(
     ``dim`` (list length, null for a null vector), ``status`` (see ``STATUS_NAMES``) and, with
     ``keep_raw``, the input vector unchanged as ``raw`` (to write rejected rows as they came).
     """
+    _maybe_fail("prepare_batches")
     for batch in batches:
         ids = _column(batch, id_col)
         vec = _column(batch, vector_col)
@@ -127,6 +147,7 @@ def cluster_count_batches(
     batches: Iterator[pa.RecordBatch], centroids: np.ndarray, n_probe: int, dim: int
 ) -> Iterator[pa.RecordBatch]:
     """Per-cluster member and query counts of each batch (summed by Spark afterwards)."""
+    _maybe_fail("cluster_count_batches")
     n_c = centroids.shape[0]
     members = np.zeros(n_c, dtype=np.int64)
     queries = np.zeros(n_c, dtype=np.int64)
@@ -152,6 +173,7 @@ def assign_batches(
 
     ``centroids=None`` puts every item in cluster 0 as member and query (exact mode).
     """
+    _maybe_fail("assign_batches")
     for batch in batches:
         keys = _column(batch, "key").to_numpy().astype(np.int64)
         x = list_to_matrix(_column(batch, "vec"), dim)
@@ -172,6 +194,7 @@ def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bo
     Each query's top-k among the bucket's members and, with ``reverse``, each member's top-k
     among the bucket's queries.
     """
+    _maybe_fail("bucket_topk")
     keys = _column(table, "key").to_numpy().astype(np.int64)
     role = _column(table, "role").to_numpy()
     x = list_to_matrix(_column(table, "vec"), dim)
@@ -200,6 +223,7 @@ def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bo
 
 def merge_table(table: pa.Table, k: int) -> pa.Table:
     """Final top-k per key from candidate rows: ``(key, nbr, rank, score)``."""
+    _maybe_fail("merge_table")
     q, nb, s, r = kernel.merge_topk(
         _column(table, "key").to_numpy().astype(np.int64),
         _column(table, "nbr").to_numpy().astype(np.int64),
@@ -222,6 +246,7 @@ def scan_topk_batches(
     Keeps a running top-k per query over the partition's batches and emits it once at the end,
     so the output is ``n_queries * k`` rows per partition whatever the partition size.
     """
+    _maybe_fail("scan_topk_batches")
     n_q = len(query_keys)
     best_keys = np.full((n_q, 0), -1, dtype=np.int64)
     best_scores = np.full((n_q, 0), -np.inf, dtype=np.float32)

@@ -67,3 +67,23 @@ def test_nearest_centroids_is_sorted_and_seeded():
     got = np.take_along_axis(sims, probes, axis=1)
     assert np.all(np.diff(got, axis=1) <= 0)
     assert np.array_equal(probes[:, 0], np.argmax(sims, axis=1))
+
+
+def test_work_cap_cuts_the_larger_side():
+    # one hot cluster (9000 members, 30000 queries) and a normal one
+    plan = BucketPlan.from_counts(
+        np.array([9000, 500]),
+        np.array([30000, 5000]),
+        50_000,
+        50_000,
+        0,
+        max_work=9000 * 30000 * 4 // 10,
+        dim=4,
+    )
+    m, q = 9000 / plan.member_chunks[0], 30000 / plan.query_chunks[0]
+    assert m * q * 4 <= 9000 * 30000 * 4 // 10
+    assert plan.member_chunks[1] == 1 and plan.query_chunks[1] == 1  # untouched
+    assert plan.n_split == 1
+    # a cap below one pair stops at single rows instead of looping forever
+    tiny = BucketPlan.from_counts(np.array([3]), np.array([2]), 10, 10, 0, max_work=1, dim=8)
+    assert tiny.member_chunks[0] == 3 and tiny.query_chunks[0] == 2

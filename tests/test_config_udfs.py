@@ -30,7 +30,7 @@ def test_config_defaults_scale_with_n():
     assert c.resolve_n_clusters(100_000) == 100
     assert c.resolve_n_clusters(1_000_000) == 1000
     assert c.resolve_n_clusters(500) == 1
-    assert c.resolve_n_probe(1000) == 32
+    assert c.resolve_n_probe(1000) == 10
     assert c.resolve_n_probe(4) == 4
     assert KnnConfig(n_probe=50).resolve_n_probe(10) == 10
 

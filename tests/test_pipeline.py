@@ -163,3 +163,31 @@ def test_schema_errors(spark):
     df4 = spark.createDataFrame([(1, [1.0, 0.0]), (2, [0.0, 1.0])], "key long, emb array<float>")
     result = compute_neighbors(df4, KnnConfig(k=1, id_col="key", vector_col="emb"))
     assert result.table.count() == 2
+
+
+def test_thirty_percent_identical_vectors_split_not_sampled(spark):
+    # 30% of the rows share one vector: one hot bucket, cut into chunks (never sampled down);
+    # every item still gets exactly k neighbours, the duplicates each other at score 1.0.
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    hot = rng.choice(1000, 300, replace=False)
+    x[hot] = x[hot[0]]
+    keys = np.arange(1000, dtype=np.int64)
+    cfg = KnnConfig(
+        k=5,
+        n_clusters=8,
+        n_probe=2,
+        max_bucket_members=80,
+        max_bucket_queries=120,
+        recall_sample=200,
+    )
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    by_item = assert_invariants(result.table, keys.tolist(), 5)
+    assert result.report.resolved["n_clusters_split"] >= 1
+    assert result.report.resolved["bucket_members_max"] <= 80
+    hot_sorted = sorted(hot.tolist())
+    for item in hot_sorted[:20]:
+        nbrs, scores, _ = by_item[item]
+        assert nbrs == [i for i in hot_sorted if i != item][:5]
+        assert scores == [1.0] * 5
+    assert result.report.recall["recall_at_k"] >= 0.9

@@ -1,0 +1,127 @@
+"""Determinism and retry safety: the same seed gives the identical table, bit for bit."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from knnspark.config import KnnConfig
+from knnspark.generate import synthetic_embeddings
+from knnspark.pipeline import compute_neighbors
+from tests.conftest import to_df
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(table):
+    """All rows, sorted, with scores as exact float32 bit patterns."""
+    rows = table.collect() if hasattr(table, "collect") else table
+    return sorted((r[0], r[1], r[2], np.float32(r[3]).view(np.uint32).item()) for r in rows)
+
+
+def _parquet_rows(path):
+    t = ds.dataset(str(path), format="parquet").to_table()
+    return _rows(
+        zip(*(t.column(c).to_pylist() for c in ("item_id", "neighbor_id", "rank", "score")))
+    )
+
+
+@pytest.fixture(scope="module")
+def dup_heavy(tmp_path_factory):
+    """1,500 clustered items plus ties: 150 rows share one vector (exact duplicates)."""
+    x = synthetic_embeddings(1500, 16, seed=11)
+    x[100:250] = x[99]
+    keys = np.arange(1500, dtype=np.int64) * 3 + 1
+    path = tmp_path_factory.mktemp("det") / "emb"
+    return keys, x, path
+
+
+CFG = KnnConfig(
+    k=7,
+    n_clusters=12,
+    n_probe=3,
+    recall_sample=100,
+    max_bucket_members=60,
+    max_bucket_queries=200,
+    seed=9,
+)
+
+
+def test_same_table_under_any_partitioning(spark, dup_heavy):
+    keys, x, _ = dup_heavy
+    base = to_df(spark, keys, x)
+    results = []
+    for shuffle_parts, input_parts in [(4, 1), (11, 7), (2, 3)]:
+        spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_parts))
+        try:
+            df = base.repartition(input_parts)
+            results.append(_rows(compute_neighbors(df, CFG).table))
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", "4")
+    assert results[0] == results[1] == results[2]
+    assert len(results[0]) == 1500 * 7
+    # duplicates: the shared vector's items are each other's neighbours at score 1.0, ties by id
+    by_item = {}
+    for item, nbr, rank, _bits in results[0]:
+        by_item.setdefault(item, {})[rank] = nbr
+    dup_ids = sorted(keys[99:250].tolist())
+    for item in dup_ids[:5]:
+        expect = [i for i in dup_ids if i != item][:7]
+        assert [by_item[item][r] for r in range(1, 8)] == expect
+
+
+def _cli(out, master, data, extra_env=None):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(extra_env or {})}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "knnspark",
+            "run",
+            "--input",
+            str(data),
+            "--output",
+            str(out),
+            "--master",
+            master,
+            "--driver-memory",
+            "1g",
+            "--k",
+            "7",
+            "--n-clusters",
+            "12",
+            "--n-probe",
+            "3",
+            "--max-bucket-members",
+            "60",
+            "--max-bucket-queries",
+            "200",
+            "--seed",
+            "9",
+            "--recall-sample",
+            "100",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_local1_vs_local2_and_injected_task_failures(spark, dup_heavy, tmp_path):
+    keys, x, data = dup_heavy
+    to_df(spark, keys, x).write.mode("overwrite").parquet(str(data))
+    in_process = _rows(compute_neighbors(spark.read.parquet(str(data)), CFG).table)
+    _cli(tmp_path / "one", "local[1]", data)
+    assert _parquet_rows(tmp_path / "one") == in_process
+    # Every task running a knnspark UDF fails on its first attempt; local[2,4] retries it.
+    proc = _cli(tmp_path / "retried", "local[2,4]", data, {"KNNSPARK_FAIL_FIRST_ATTEMPT": "1"})
+    assert "injected failure" in proc.stderr  # the failures really happened
+    assert _parquet_rows(tmp_path / "retried") == in_process
