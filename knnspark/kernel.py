@@ -224,7 +224,10 @@ def bucket_topk_cosine(
         # Re-scoring can swap near-equal neighbours: restore (score desc, key asc).
         out_keys[start:stop], out_scores[start:stop] = _ranked(keys, exact)
         if reverse:
-            cols = np.ascontiguousarray(scores.T)  # (n_m, b)
+            # A second BLAS product is cheaper than transposing the score matrix in memory.
+            cols = m_vecs @ q_block.T  # (n_m, b)
+            if exclude_self:
+                cols[self_pos[start:stop][rows], rows] = -np.inf
             kb = min(kr, stop - start)
             rpos = _select_topk(cols, kb)
             rvalid = np.isfinite(np.take_along_axis(cols, rpos, axis=1))
