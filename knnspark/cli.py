@@ -34,12 +34,14 @@ _JOB_KEYS = (
     "master",
     "driver_memory",
     "show",
+    "conf",
 )
 _JOB_DEFAULTS: dict[str, Any] = {
     "input_format": "parquet",
     "mode": None,
     "partition_date": None,
     "rejected_output": None,
+    "conf": None,
     "master": None,
     "driver_memory": "4g",
     "show": 0,
@@ -105,6 +107,13 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--driver-memory", help="driver memory of a local embedded Spark (default 4g)")
     p.add_argument("--show", type=int, help="print the neighbours of this many items at the end")
+    p.add_argument(
+        "--conf",
+        action="append",
+        metavar="KEY=VALUE",
+        help="extra Spark setting for a local run, repeatable (e.g. spark.executor.pyspark."
+        "memory=1g); under spark-submit pass --conf to spark-submit instead",
+    )
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -149,6 +158,21 @@ def resolve_run_args(args: argparse.Namespace) -> tuple[dict[str, Any], KnnConfi
     return job, merge_config(values)
 
 
+def _spark_conf(items: Any) -> dict[str, str]:
+    """``--conf KEY=VALUE`` flags (or a ``conf`` table in the config file) as a dict."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--conf {item!r} is not KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _resolve_output(job: dict[str, Any]) -> None:
     """Check --partition-date and settle the write mode.
 
@@ -174,7 +198,9 @@ def _run(args: argparse.Namespace) -> int:
     _resolve_output(job)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    spark = get_session(master=job["master"], driver_memory=job["driver_memory"])
+    spark = get_session(
+        master=job["master"], driver_memory=job["driver_memory"], conf=_spark_conf(job["conf"])
+    )
     target = io.partition_path(job["output"], job["partition_date"])
     io.check_output(spark, target, job["mode"])
     rejected_target = None

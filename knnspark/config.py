@@ -177,7 +177,8 @@ _FIELDS = {f.name for f in dataclasses.fields(KnnConfig)}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config: top-level keys, or keys under ``[knnspark]`` / ``[job]`` tables."""
+    """Read a TOML config: top-level keys, or keys under ``[knnspark]`` / ``[job]`` tables;
+    a ``[conf]`` table holds extra Spark settings for local runs."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -187,7 +188,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from exc
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "conf":  # [conf]: Spark settings, kept as a table
             flat.update(value)
         else:
             flat[key] = value

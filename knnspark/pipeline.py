@@ -38,7 +38,7 @@ _LONG_ID_TYPES = (T.LongType, T.IntegerType, T.ShortType, T.ByteType)
 _CANDIDATE_SCHEMA = "key long, nbr long, score float"
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
 #: Rows of candidates one merge group holds (about 20 bytes each).
-_MERGE_GROUP_ROWS = 2_000_000
+_MERGE_GROUP_ROWS = 1_000_000
 #: Queries broadcast at once by an exact scan (recall sample, items short of k).
 _SCAN_QUERIES = 20_000
 _N_EXAMPLES = 5
@@ -117,10 +117,10 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         merged = spark.createDataFrame([], _MERGED_SCHEMA)
     else:
         if config.method == "exact":
-            cands = _exact_candidates(spark, prep, config, report)
+            cands, max_rows = _exact_candidates(spark, prep, config, report)
         else:
-            cands = _kmeans_candidates(spark, prep, config, report)
-        merged = _merge(spark, cands, prep, config, report)
+            cands, max_rows = _kmeans_candidates(spark, prep, config, report)
+        merged = _merge(spark, cands, max_rows, config, report)
         if config.method != "exact":
             merged = _fill_short_items(spark, merged, prep, config, report, kk)
         with stage(spark, report, "check") as info:
@@ -408,7 +408,14 @@ def _bucket_candidates(
     centroids: np.ndarray | None,
     n_probe: int,
     plan: BucketPlan,
-) -> DataFrame:
+    counts: tuple[np.ndarray, np.ndarray],
+) -> tuple[DataFrame, int]:
+    """Candidate pairs ``(key, nbr, score)`` of every bucket, and an upper bound of their count.
+
+    ``counts`` are the (members, queries) per cluster the plan was made from: a query meets
+    every member chunk of a cluster it probes (``k`` candidates each), a member every query
+    chunk of its cluster (``k`` reverse candidates each).
+    """
     sc = spark.sparkContext
     bc_centroids = sc.broadcast(centroids)
     dim, k, block_bytes = prep.dim, config.k, config.block_bytes
@@ -419,15 +426,20 @@ def _bucket_candidates(
         return udfs.assign_batches(batches, bc_centroids.value, n_probe, plan, dim)
 
     rows = prep.data.mapInArrow(assign, "bucket long, key long, role byte, vec array<float>")
-    return rows.groupBy("bucket").applyInArrow(
+    n_members, n_queries = counts
+    max_rows = int((n_queries * plan.member_chunks).sum()) * k
+    if reverse:
+        max_rows += int((n_members * plan.query_chunks).sum()) * k
+    cands = rows.groupBy("bucket").applyInArrow(
         _table_udf(udfs.bucket_topk, k=k, dim=dim, block_bytes=block_bytes, reverse=reverse),
         _CANDIDATE_SCHEMA,
     )
+    return cands, max_rows
 
 
 def _exact_candidates(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
-) -> DataFrame:
+) -> tuple[DataFrame, int]:
     n = prep.n_items
     n_blocks = max(
         math.ceil(n / config.max_bucket_members),
@@ -440,12 +452,13 @@ def _exact_candidates(
     report.resolved.update(
         method="exact", n_blocks=int(plan.member_chunks[0]), n_buckets=plan.n_buckets
     )
-    return _bucket_candidates(spark, prep, config, None, 1, plan)
+    everyone = np.array([n])
+    return _bucket_candidates(spark, prep, config, None, 1, plan, (everyone, everyone))
 
 
 def _kmeans_candidates(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
-) -> DataFrame:
+) -> tuple[DataFrame, int]:
     n, dim = prep.n_items, prep.dim
     n_clusters = config.resolve_n_clusters(n)
     with stage(spark, report, "kmeans") as info:
@@ -516,15 +529,19 @@ def _kmeans_candidates(
         plan.n_buckets,
         plan.n_split,
     )
-    return _bucket_candidates(spark, prep, config, centroids, n_probe, plan)
+    return _bucket_candidates(spark, prep, config, centroids, n_probe, plan, (n_members, n_queries))
 
 
 def _merge(
-    spark: SparkSession, cands: DataFrame, prep: Prepared, config: KnnConfig, report: RunReport
+    spark: SparkSession,
+    cands: DataFrame,
+    max_rows: int,
+    config: KnnConfig,
+    report: RunReport,
 ) -> DataFrame:
-    n_probe = report.resolved.get("n_probe", report.resolved.get("n_blocks", 1))
-    est_rows = prep.n_items * config.k * (n_probe + 1)
-    n_groups = max(1, math.ceil(est_rows / _MERGE_GROUP_ROWS))
+    # Items are hashed into merge groups small enough for one Python worker; the bound counts
+    # chunk replication, so a skewed (split) cluster gets proportionally more groups.
+    n_groups = max(1, math.ceil(max_rows / _MERGE_GROUP_ROWS))
     with stage(spark, report, "topk+merge") as info:
         merged = (
             cands.groupBy(F.pmod(F.xxhash64("key"), F.lit(n_groups)).alias("_g"))
@@ -533,6 +550,7 @@ def _merge(
         )
         info["rows"] = merged.count()
     report.counts["n_candidate_merge_groups"] = n_groups
+    report.counts["n_candidates_max"] = max_rows
     return merged
 
 
