@@ -128,10 +128,16 @@ def test_local1_vs_local2_and_injected_task_failures(spark, dup_heavy, tmp_path)
 
 
 def _executor_pids():
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [
-        int(line.split()[0]) for line in out.splitlines() if "CoarseGrainedExecutorBackend" in line
-    ]
+    """Executor JVMs of a local-cluster run (read from /proc: ps may cut long command lines)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes()
+        except OSError:
+            continue
+        if b"CoarseGrainedExecutorBackend" in args:
+            pids.append(int(cmdline.parent.name))
+    return sorted(pids)
 
 
 def test_executor_killed_mid_job_gives_same_table_or_no_table(spark, dup_heavy, tmp_path):
