@@ -54,16 +54,19 @@ def l2_normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (x64 / safe[:, None]).astype(np.float32), norms
 
 
-def query_block_rows(
-    n_members: int, k: int, dim: int, block_bytes: int = DEFAULT_BLOCK_BYTES
-) -> int:
+def query_block_rows(n_members: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
     """Number of query rows scored at once so one block stays within ``block_bytes``.
 
-    A block holds a float32 score matrix and a uint64 sort-key matrix (12 bytes a pair) and the
-    float64 re-scoring gather of the selected neighbours (8 bytes per element of ``k`` vectors).
+    Per (query, member) pair a block holds a float32 score, an int64 ``argpartition`` index, and
+    with reverse lists the transposed float32 score and its index again: 24 bytes. The float64
+    re-scoring runs in its own chunks (see :func:`_rescore`).
     """
-    per_row = 12 * max(n_members, 1) + 8 * max(k, 1) * max(dim, 1)
+    per_row = 24 * max(n_members, 1)
     return int(max(1, min(65536, block_bytes // per_row)))
+
+
+#: Memory of one float64 re-scoring chunk (gathered neighbour vectors).
+_RESCORE_BYTES = 16 * 1024 * 1024
 
 
 def _sort_keys(scores: np.ndarray) -> np.ndarray:
@@ -133,11 +136,20 @@ def _rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -
     """float64 cosine of rows ``a[i]`` with ``b[pos[i, j]]``, clipped, ``-inf`` where invalid.
 
     Re-scoring the selected pairs in float64 gives a pair the same score in whatever bucket,
-    block shape or direction it was found, which keeps merges and reruns bit-identical.
+    block shape or direction it was found, which keeps merges and reruns bit-identical. Runs by
+    row chunks so the gathered float64 vectors stay within ``_RESCORE_BYTES``.
     """
-    exact = np.einsum("id,ikd->ik", a.astype(np.float64), b[pos].astype(np.float64))
-    exact = np.clip(exact, -1.0, 1.0).astype(np.float32)
-    return np.where(valid, exact, np.float32(-np.inf))
+    n, kk = pos.shape
+    out = np.empty((n, kk), dtype=np.float32)
+    step = max(1, _RESCORE_BYTES // (8 * max(kk, 1) * max(a.shape[1], 1)))
+    for s in range(0, n, step):
+        exact = np.einsum(
+            "id,ikd->ik",
+            a[s : s + step].astype(np.float64),
+            b[pos[s : s + step]].astype(np.float64),
+        )
+        out[s : s + step] = np.clip(exact, -1.0, 1.0)
+    return np.where(valid, out, np.float32(-np.inf))
 
 
 def _ranked(keys: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -203,12 +215,10 @@ def bucket_topk_cosine(
     q_order = np.argsort(query_keys, kind="stable")
     q_keys = np.asarray(query_keys, dtype=np.int64)[q_order]
     q_vecs = np.ascontiguousarray(queries[q_order], dtype=np.float32)
-    dim = m_vecs.shape[1]
-
     if exclude_self:
         self_pos = np.minimum(np.searchsorted(m_keys, q_keys), n_m - 1)
         has_self = m_keys[self_pos] == q_keys
-    step = query_block_rows(n_m, max(kk, kr), dim, block_bytes)
+    step = query_block_rows(n_m, block_bytes)
     m_t = m_vecs.T
     for start in range(0, n_q, step):
         stop = min(start + step, n_q)

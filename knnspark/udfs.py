@@ -40,6 +40,10 @@ STATUS_NAMES = {
 }
 
 VEC_TYPE = pa.list_(pa.float32())
+#: Rows normalised at once by ``prepare_batches`` (bounds its float64 temporaries).
+_PREPARE_CHUNK_ROWS = 2048
+#: Largest record batch ``assign_batches`` emits.
+_OUTPUT_BATCH_ROWS = 8192
 
 #: Test hook: with this environment variable set to 1 in the Python workers, the first attempt
 #: of every task running a knnspark UDF fails (retry-safety tests, under a ``local[n,retries]``
@@ -87,6 +91,13 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
     return col
 
 
+def _rows_of(starts: np.ndarray, value_mask: np.ndarray) -> np.ndarray:
+    """Rows holding the flagged values (``starts``: first value of each row), without an index
+    array over all values. Empty rows share their start with the next row; ``side="right"``
+    attributes a value to the last row starting at or before it, the non-empty one."""
+    return np.unique(np.searchsorted(starts, np.nonzero(value_mask)[0], side="right") - 1)
+
+
 def prepare_batches(
     batches: Iterator[pa.RecordBatch], id_col: str, vector_col: str, keep_raw: bool = False
 ) -> Iterator[pa.RecordBatch]:
@@ -100,40 +111,43 @@ def prepare_batches(
     for batch in batches:
         ids = _column(batch, id_col)
         vec = _column(batch, vector_col)
-        n = len(vec)
         # value_lengths / flatten are slice-aware (raw ``offsets`` are not).
         lengths = vec.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         is_null = np.asarray(vec.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         flat = vec.flatten()  # values of the non-null lists, in order
         flat_null = np.asarray(flat.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        values = flat.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        # Native dtype (float32 or float64), zero-copy when there are no nulls: the float64
+        # work below happens by row chunks, so a batch's temporaries stay small at any dim.
+        values = flat.fill_null(0).to_numpy(zero_copy_only=False)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
 
         status = np.where(is_null, STATUS_NULL_VECTOR, STATUS_OK).astype(np.int8)
-        row_of_value = np.repeat(np.arange(n), lengths)
+
         if flat_null.any():
-            status[np.unique(row_of_value[flat_null])] = STATUS_NULL_ELEMENT
+            status[_rows_of(starts, flat_null)] = STATUS_NULL_ELEMENT
         bad_value = ~np.isfinite(values)
         if bad_value.any():
-            rows = np.unique(row_of_value[bad_value])
+            rows = _rows_of(starts, bad_value)
             rows = rows[status[rows] == STATUS_OK]
             status[rows] = STATUS_NON_FINITE
+        del bad_value
         out = np.zeros(len(values), dtype=np.float32)
         for length in np.unique(lengths[status == STATUS_OK]):
-            rows = np.nonzero((lengths == length) & (status == STATUS_OK))[0]
-            idx = starts[rows, None] + np.arange(length)[None, :]
-            unit, norms = kernel.l2_normalize(values[idx])
-            zero = norms == 0
-            status[rows[zero]] = STATUS_ZERO_NORM
-            out[idx[~zero]] = unit[~zero]
+            group = np.nonzero((lengths == length) & (status == STATUS_OK))[0]
+            for c in range(0, len(group), _PREPARE_CHUNK_ROWS):
+                rows = group[c : c + _PREPARE_CHUNK_ROWS]
+                idx = starts[rows, None] + np.arange(length)[None, :]
+                unit, norms = kernel.l2_normalize(values[idx])
+                zero = norms == 0
+                status[rows[zero]] = STATUS_ZERO_NORM
+                out[idx[~zero]] = unit[~zero]
         ok = status == STATUS_OK
         out_lengths = np.where(ok, lengths, 0)
         # Keep the values of ok rows only; other rows become null lists.
-        keep_value = np.repeat(ok, lengths)
+        if not ok.all():
+            out = out[np.repeat(ok, lengths)]
         new_offsets = np.concatenate([[0], np.cumsum(out_lengths)]).astype(np.int32)
-        vec_out = pa.ListArray.from_arrays(
-            pa.array(new_offsets), pa.array(out[keep_value]), mask=pa.array(~ok)
-        )
+        vec_out = pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(out), mask=pa.array(~ok))
         dim = pa.array(np.where(is_null, 0, lengths).astype(np.int32), mask=is_null)
         columns = [ids, vec_out, dim, pa.array(status)]
         names = [id_col, "vec", "dim", "status"]
@@ -182,10 +196,18 @@ def assign_batches(
         else:
             probes = nearest_centroids(x, centroids, n_probe)
         item, bucket, role = bucket_rows(keys, probes[:, 0], probes, plan)
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(bucket), pa.array(keys[item]), pa.array(role), matrix_to_list(x[item])],
-            names=["bucket", "key", "role", "vec"],
-        )
+        # Replication (probes x chunks) multiplies rows: emit bounded slices, not one batch.
+        for s in range(0, len(item), _OUTPUT_BATCH_ROWS):
+            sl = slice(s, s + _OUTPUT_BATCH_ROWS)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(bucket[sl]),
+                    pa.array(keys[item[sl]]),
+                    pa.array(role[sl]),
+                    matrix_to_list(x[item[sl]]),
+                ],
+                names=["bucket", "key", "role", "vec"],
+            )
 
 
 def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bool) -> pa.Table:

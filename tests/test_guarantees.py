@@ -74,42 +74,23 @@ def test_same_table_under_any_partitioning(spark, dup_heavy):
         assert [by_item[item][r] for r in range(1, 8)] == expect
 
 
+# The CLI twin of CFG.
+JOB_FLAGS = [
+    "--driver-memory", "1g", "--k", "7", "--n-clusters", "12", "--n-probe", "3",
+    "--max-bucket-members", "60", "--max-bucket-queries", "200", "--seed", "9",
+    "--recall-sample", "100",
+]  # fmt: skip
+
+
+def _cli_cmd(data, out, master):
+    return [sys.executable, "-m", "knnspark", "run", "--input", str(data), "--output", str(out),
+            "--master", master, *JOB_FLAGS]  # fmt: skip
+
+
 def _cli(out, master, data, extra_env=None):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(extra_env or {})}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knnspark",
-            "run",
-            "--input",
-            str(data),
-            "--output",
-            str(out),
-            "--master",
-            master,
-            "--driver-memory",
-            "1g",
-            "--k",
-            "7",
-            "--n-clusters",
-            "12",
-            "--n-probe",
-            "3",
-            "--max-bucket-members",
-            "60",
-            "--max-bucket-queries",
-            "200",
-            "--seed",
-            "9",
-            "--recall-sample",
-            "100",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        _cli_cmd(data, out, master), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -154,34 +135,7 @@ def test_executor_killed_mid_job_gives_same_table_or_no_table(spark, dup_heavy, 
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "knnspark",
-                "run",
-                "--input",
-                str(data),
-                "--output",
-                str(out),
-                "--master",
-                "local-cluster[2,1,1024]",
-                "--driver-memory",
-                "1g",
-                "--k",
-                "7",
-                "--n-clusters",
-                "12",
-                "--n-probe",
-                "3",
-                "--max-bucket-members",
-                "60",
-                "--max-bucket-queries",
-                "200",
-                "--seed",
-                "9",
-                "--recall-sample",
-                "100",
-            ],
+            _cli_cmd(data, out, "local-cluster[2,1,1024]"),
             cwd=ROOT,
             env=env,
             stdout=log,
