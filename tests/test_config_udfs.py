@@ -119,3 +119,18 @@ def test_bucket_topk_adapter_round_trip():
     assert both.num_rows == 8 + 4 * 2
     merged = udfs.merge_table(out, k=1)
     assert merged.num_rows == 4 and set(merged.column("rank").to_pylist()) == {1}
+
+
+def test_shipped_configs_load(tmp_path):
+    from pathlib import Path
+
+    from knnspark import cli
+
+    confs = sorted((Path(__file__).resolve().parents[1] / "conf").glob("*.toml"))
+    assert confs
+    for conf in confs:
+        args = cli.build_parser().parse_args(
+            ["run", "--config", str(conf), "--input", "in", "--output", "out"]
+        )
+        job, config = cli.resolve_run_args(args)
+        assert job["input"] == "in" and config.k >= 1
