@@ -191,7 +191,7 @@ def _resolve_output(job: dict[str, Any]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from knnspark import io
-    from knnspark.pipeline import compute_neighbors
+    from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
     from knnspark.session import get_session
 
     job, config = resolve_run_args(args)
@@ -241,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
                 "table": job["output"],
                 "partition_date": job["partition_date"],
                 "mode": job["mode"],
-                "columns": ["item_id", "neighbor_id", "rank", "score"],
+                "columns": list(OUTPUT_COLUMNS),
                 "rejected_rows": rejected_target,
             },
             "parameters": dataclasses.asdict(config),

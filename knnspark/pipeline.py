@@ -467,12 +467,12 @@ def _kmeans_candidates(
         # input is partitioned, or two runs over the same table would differ.
         scale = 1 << 30
         threshold = min(scale, math.ceil(sample_size / n * scale))
-        sample_tbl = prep.data.filter(
-            F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(scale)) < threshold
-        ).toArrow()
-        keys = sample_tbl.column("key").to_numpy()
-        order = np.argsort(keys, kind="stable")
-        x = udfs.list_to_matrix(sample_tbl.column("vec"), dim)[order]
+        _, x = _collect_vectors(
+            prep.data.filter(
+                F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(scale)) < threshold
+            ),
+            dim,
+        )
         info["rows"] = len(x)
         n_clusters = max(1, min(n_clusters, len(x)))
         centroids = fit_spherical_kmeans(x, n_clusters, n_iter=config.kmeans_iter, seed=config.seed)

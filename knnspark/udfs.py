@@ -39,7 +39,6 @@ STATUS_NAMES = {
     STATUS_ZERO_NORM: "zero_norm",
 }
 
-VEC_TYPE = pa.list_(pa.float32())
 #: Rows normalised at once by ``prepare_batches`` (bounds its float64 temporaries).
 _PREPARE_CHUNK_ROWS = 2048
 #: Largest record batch ``assign_batches`` emits.
@@ -66,8 +65,7 @@ def _maybe_fail(where: str) -> None:
 
 def list_to_matrix(arr: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
     """A list array of equal-length, null-free float lists as an (n, dim) float32 matrix."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    arr = _one_chunk(arr)
     n = len(arr)
     if n == 0:
         return np.zeros((0, dim), dtype=np.float32)
@@ -84,11 +82,15 @@ def matrix_to_list(mat: np.ndarray) -> pa.ListArray:
     )
 
 
+def _one_chunk(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A table column (possibly chunked) as one Arrow array."""
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return arr
+
+
 def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
-    col = batch.column(name)
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    return col
+    return _one_chunk(batch.column(name))
 
 
 def _rows_of(starts: np.ndarray, value_mask: np.ndarray) -> np.ndarray:
