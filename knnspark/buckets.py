@@ -11,13 +11,14 @@ lists the merge step combines.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from knnspark.kernel import mix64
 
-__all__ = ["ROLE_BOTH", "ROLE_MEMBER", "ROLE_QUERY", "BucketPlan", "bucket_rows"]
+__all__ = ["ROLE_BOTH", "ROLE_MEMBER", "ROLE_QUERY", "BucketPlan", "bucket_rows", "pack_buckets"]
 
 ROLE_MEMBER = 1
 ROLE_QUERY = 2
@@ -36,12 +37,16 @@ class BucketPlan:
         Bucket id of each cluster's first bucket; bucket ids are dense ``0..n_buckets-1``.
     seed : int
         Seed of the chunk hash.
+    groups : ndarray of shape (n_buckets,), int64, or None
+        The UDF call each bucket goes to (see :func:`pack_buckets`); ``None``: one call per
+        bucket.
     """
 
     member_chunks: np.ndarray
     query_chunks: np.ndarray
     offsets: np.ndarray
     seed: int
+    groups: np.ndarray | None = None
 
     @classmethod
     def from_counts(
@@ -78,6 +83,24 @@ class BucketPlan:
         sizes = mc * qc
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         return cls(mc, qc, offsets, seed)
+
+    def bucket_sizes(
+        self, n_members: np.ndarray, n_queries: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Upper bounds of the members and queries of every bucket, shape (n_buckets,) each."""
+        per = self.member_chunks * self.query_chunks
+        m = np.repeat(-(-np.asarray(n_members, np.int64) // self.member_chunks), per)
+        q = np.repeat(-(-np.asarray(n_queries, np.int64) // self.query_chunks), per)
+        return m, q
+
+    def packed(self, n_members: np.ndarray, n_queries: np.ndarray, max_rows: int) -> BucketPlan:
+        """This plan with small buckets packed into shared UDF calls (see :func:`pack_buckets`)."""
+        m, q = self.bucket_sizes(n_members, n_queries)
+        return dataclasses.replace(self, groups=pack_buckets(m + q, max_rows))
+
+    def group_of(self, bucket: np.ndarray) -> np.ndarray:
+        """UDF call of each bucket id."""
+        return bucket if self.groups is None else self.groups[bucket]
 
     @property
     def n_buckets(self) -> int:
@@ -158,6 +181,36 @@ def bucket_rows(
     role[np.nonzero(dup)[0] - 1] |= role[dup]
     keep = ~dup
     return item[keep].astype(np.int64), bucket[keep], role[keep]
+
+
+def pack_buckets(rows: np.ndarray, max_rows: int) -> np.ndarray:
+    """Group ids packing consecutive small buckets into calls of at most ``max_rows`` rows.
+
+    LSH makes thousands of buckets of a few dozen items; one Spark group per bucket would spend
+    more time on per-call overhead than on arithmetic. A bucket of ``max_rows`` rows or more
+    keeps a call of its own, so packing never makes a call bigger than the plan's bucket caps.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n_buckets,), int
+        Upper bound of each bucket's rows (members + queries).
+    max_rows : int
+
+    Returns
+    -------
+    ndarray of shape (n_buckets,), int64
+        Dense group ids, non-decreasing in bucket id.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    groups = np.zeros(len(rows), dtype=np.int64)
+    g, filled = 0, 0
+    # A loop over buckets (not pairs): microseconds each, run once on the driver.
+    for i, r in enumerate(rows.tolist()):
+        if filled and (filled + r > max_rows):
+            g, filled = g + 1, 0
+        groups[i] = g
+        filled += r
+    return groups
 
 
 def _ranges(counts: np.ndarray) -> np.ndarray:

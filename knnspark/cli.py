@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from knnspark import __version__
-from knnspark.config import METHODS, ON_INVALID, KnnConfig, load_toml, merge_config
+from knnspark.config import METHODS, METRICS, ON_INVALID, KnnConfig, load_toml, merge_config
 from knnspark.errors import ConfigError, KnnsparkError
 
 __all__ = ["main"]
@@ -59,7 +59,23 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="input table path (Parquet unless --input-format)")
     p.add_argument("--output", help="output directory for the neighbour table")
     p.add_argument("--k", type=int, help="neighbours per item (default 10)")
-    p.add_argument("--method", choices=METHODS, help="kmeans (default) or exact")
+    p.add_argument("--method", choices=METHODS, help="kmeans (default), lsh or exact")
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        help="cosine (default) on vectors, or jaccard on token sets (with --method lsh or exact)",
+    )
+    p.add_argument("--n-tables", type=int, help="LSH tables (default: chosen from the data)")
+    p.add_argument(
+        "--n-bits",
+        type=int,
+        help="LSH hashes per table: hyperplane bits, or MinHash rows per band (default: chosen)",
+    )
+    p.add_argument(
+        "--lsh-threshold",
+        type=float,
+        help="similarity the LSH S-curve is centred on (default: measured from a sample)",
+    )
     p.add_argument("--n-probe", type=int, help="buckets each item queries (default: automatic)")
     p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
     p.add_argument(
@@ -67,7 +83,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="TOML config file (see conf/); flags override it")
     p.add_argument("--id-col", help="id column (default id)")
-    p.add_argument("--vector-col", help="vector column (default vector)")
+    p.add_argument(
+        "--vector-col", help="vector column (default vector); the token-set column for jaccard"
+    )
     p.add_argument("--input-format", help="Spark reader format (default parquet)")
     p.add_argument(
         "--mode",
@@ -128,6 +146,11 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=int, default=100, help="dimensions (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--string-ids", action="store_true", help="ids as strings item-<n>")
+    p.add_argument(
+        "--sets",
+        action="store_true",
+        help="write token sets (id, tokens array<bigint>) for --metric jaccard instead",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,9 +307,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from knnspark.generate import write_synthetic
+    from knnspark.generate import write_synthetic, write_synthetic_sets
 
     t0 = time.perf_counter()
+    if args.sets:
+        path = write_synthetic_sets(args.output, args.n, seed=args.seed)
+        log.info(
+            "wrote %d synthetic token sets to %s in %.1fs", args.n, path, time.perf_counter() - t0
+        )
+        return 0
     path = write_synthetic(
         args.output, args.n, args.dim, seed=args.seed, string_ids=args.string_ids
     )

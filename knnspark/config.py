@@ -18,7 +18,8 @@ from knnspark.errors import ConfigError
 
 __all__ = ["KnnConfig", "load_toml", "merge_config"]
 
-METHODS = ("kmeans", "exact")
+METHODS = ("kmeans", "lsh", "exact")
+METRICS = ("cosine", "jaccard")
 ON_INVALID = ("error", "skip")
 DEFAULT_N_PROBE = 10
 
@@ -31,12 +32,17 @@ class KnnConfig:
     ----------
     k : int
         Neighbours per item (an item with fewer than ``k`` other items gets all of them).
-    method : {"kmeans", "exact"}
+    method : {"kmeans", "lsh", "exact"}
         ``kmeans``: spherical k-means buckets, each item probes its ``n_probe`` nearest buckets.
+        ``lsh``: locality-sensitive hashing buckets (random hyperplanes for cosine, MinHash
+        bands for Jaccard); no sample or training.
         ``exact``: blocked all-pairs; the oracle, and the right choice for small tables.
+    metric : {"cosine", "jaccard"}
+        ``cosine`` on dense vectors; ``jaccard`` on sets (an array of string or integer tokens),
+        with ``method`` ``lsh`` or ``exact``.
     id_col, vector_col : str
         Input column names. Ids are long or string; vectors ``array<float>``, ``array<double>``
-        or a Spark ML ``Vector``.
+        or a Spark ML ``Vector`` (for Jaccard: ``array<string>`` or ``array<bigint/int>``).
     n_clusters : int or None
         Number of k-means buckets; ``None`` picks ``ceil(n_items / target_bucket_size)``.
     target_bucket_size : int
@@ -61,6 +67,26 @@ class KnnConfig:
         Cap on ``members x queries x dim`` of one UDF call (one bucket's matrix product); a
         bucket above it is cut further. Bounds the time of a task whatever the skew (a default
         vector shared by a third of the table, one giant topic).
+    n_tables, n_bits : int or None
+        LSH shape: ``n_tables`` hash tables (OR) of ``n_bits`` hashes each (AND): hyperplane
+        bits for cosine, MinHash rows per band for Jaccard. ``None`` chooses both from
+        ``lsh_threshold`` by minimising the false-positive/negative areas under the S-curve
+        (datasketch's ``MinHashLSH`` optimisation).
+    lsh_threshold : float or None
+        Similarity the LSH S-curve is centred on; ``None`` measures it: the lower quartile of the
+        exact k-th neighbour score of a seeded sample of items (one extra scan).
+    lsh_max_bits : int
+        Budget of hyperplane bits per item (``n_tables * n_bits``) for the automatic choice.
+    lsh_max_candidates : int
+        Cap on the expected candidate pairs per item of the automatic choice, estimated from the
+        similarities of random sampled pairs; the default matches k-means' default work per
+        item (10 probes x 1000-item buckets).
+    lsh_false_negative_weight : float
+        Weight of the false-negative area in the S-curve objective (the false-positive area gets
+        one minus it). datasketch uses 0.5; the default 0.99 favours recall, since the
+        candidate cap already bounds what false positives cost.
+    n_perm : int
+        MinHash permutations per item (Jaccard): the budget ``n_tables * n_bits`` must fit in.
     on_invalid : {"error", "skip"}
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
@@ -68,13 +94,15 @@ class KnnConfig:
     recall_sample : int
         Items whose exact top-k is computed to estimate recall (0 disables; ignored for exact).
     seed : int
-        Seed of every random choice (k-means sample and initialisation, recall sample).
+        Seed of every random choice (k-means sample and initialisation, LSH hyperplanes and
+        MinHash permutations, recall sample).
     block_bytes : int
         Memory budget of one query block's score matrix in the kernel.
     """
 
     k: int = 10
     method: str = "kmeans"
+    metric: str = "cosine"
     id_col: str = "id"
     vector_col: str = "vector"
     n_clusters: int | None = None
@@ -86,6 +114,13 @@ class KnnConfig:
     max_bucket_members: int = 50_000
     max_bucket_queries: int = 50_000
     max_bucket_work: int = 20_000_000_000
+    n_tables: int | None = None
+    n_bits: int | None = None
+    lsh_threshold: float | None = None
+    lsh_max_bits: int = 256
+    lsh_max_candidates: int = 10_000
+    lsh_false_negative_weight: float = 0.99
+    n_perm: int = 128
     on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
@@ -97,6 +132,21 @@ class KnnConfig:
             problem = check(value)
             if problem:
                 raise ConfigError(f"{name}={value!r} is invalid: {problem}")
+        if self.metric == "jaccard" and self.method == "kmeans":
+            raise ConfigError(
+                "metric='jaccard' works with method 'lsh' (MinHash) or 'exact', not 'kmeans' "
+                "(k-means needs dense vectors); pass --method lsh"
+            )
+        if (self.n_tables is None) != (self.n_bits is None):
+            raise ConfigError(
+                "set both n_tables and n_bits (or neither, to choose them from lsh_threshold)"
+            )
+        if self.metric == "jaccard" and self.n_tables is not None:
+            if self.n_tables * self.n_bits > self.n_perm:
+                raise ConfigError(
+                    f"n_tables * n_bits = {self.n_tables * self.n_bits} MinHash rows exceed "
+                    f"n_perm={self.n_perm}; raise n_perm or lower n_tables / n_bits"
+                )
 
     # -- derived defaults -------------------------------------------------------------------
     def resolve_n_clusters(self, n_items: int) -> int:
@@ -149,6 +199,14 @@ def _one_of(*choices: str):
     return check
 
 
+def _open_unit(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+        return "must be a number strictly between 0 and 1, or unset"
+    return None
+
+
 def _column_name(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "must be a non-empty column name"
 
@@ -167,6 +225,14 @@ _CONSTRAINTS = {
     "max_bucket_members": _int_range(1),
     "max_bucket_queries": _int_range(1),
     "max_bucket_work": _int_range(1),
+    "metric": _one_of(*METRICS),
+    "n_tables": _int_range(1, 1000, optional=True),
+    "n_bits": _int_range(1, 30, optional=True),
+    "lsh_threshold": _open_unit,
+    "lsh_max_bits": _int_range(1, 4096),
+    "lsh_max_candidates": _int_range(1),
+    "lsh_false_negative_weight": _open_unit,
+    "n_perm": _int_range(2, 4096),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["synthetic_embeddings", "write_synthetic"]
+__all__ = ["synthetic_sets", "synthetic_embeddings", "write_synthetic", "write_synthetic_sets"]
 
 
 def synthetic_embeddings(
@@ -107,4 +107,60 @@ def write_synthetic(
             out / f"part-{i:05d}.parquet",
             row_group_size=50_000,
         )
+    return out
+
+
+def synthetic_sets(
+    n: int,
+    *,
+    n_topics: int | None = None,
+    vocab_size: int = 50_000,
+    topic_vocab: int = 200,
+    set_size: tuple[int, int] = (10, 60),
+    noise_share: float = 0.1,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Generate ``n`` token sets (user-item interactions, shingled text) with topic structure.
+
+    Each topic owns ``topic_vocab`` tokens of a ``vocab_size`` vocabulary; an item draws its
+    size from ``set_size`` (inclusive range), takes most tokens from its topic (Zipf-popular
+    tokens first) and ``noise_share`` of them from the whole vocabulary. Topic sizes follow a
+    Zipf law.
+
+    Returns
+    -------
+    list of ndarray of shape (size_i,), int64
+        Distinct token ids of each item.
+    """
+    rng = np.random.default_rng(seed)
+    t = n_topics or max(2, round(math.sqrt(n)))
+    weights = 1.0 / np.arange(1, t + 1) ** 0.8
+    topic = rng.choice(t, size=n, p=weights / weights.sum())
+    topic_tokens = [rng.choice(vocab_size, size=topic_vocab, replace=False) for _ in range(t)]
+    popularity = 1.0 / np.arange(1, topic_vocab + 1) ** 0.7
+    popularity /= popularity.sum()
+    sizes = rng.integers(set_size[0], set_size[1] + 1, size=n)
+    out = []
+    for i in range(n):
+        n_noise = int(round(sizes[i] * noise_share))
+        own = rng.choice(topic_vocab, size=sizes[i] - n_noise, replace=False, p=popularity)
+        tokens = np.concatenate(
+            [topic_tokens[topic[i]][own], rng.integers(0, vocab_size, size=n_noise)]
+        )
+        out.append(np.unique(tokens).astype(np.int64))
+    return out
+
+
+def write_synthetic_sets(path: str | Path, n: int, *, seed: int = 0, **kwargs) -> Path:
+    """Write ``id`` (long) and ``tokens`` (``array<bigint>``) to Parquet."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = synthetic_sets(n, seed=seed, **kwargs)
+    lengths = np.array([len(s) for s in sets], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    values = pa.array(np.concatenate(sets) if sets else np.zeros(0, np.int64), type=pa.int64())
+    table = pa.table(
+        {"id": np.arange(n, dtype=np.int64), "tokens": pa.ListArray.from_arrays(offsets, values)}
+    )
+    pq.write_table(table, out / "part-00000.parquet", row_group_size=50_000)
     return out

@@ -25,7 +25,14 @@ from knnspark import kernel, udfs
 from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
+from knnspark.jaccard import Sets, jaccard_scores
 from knnspark.kmeans import fit_spherical_kmeans
+from knnspark.lsh import (
+    hyperplane_collision,
+    jaccard_collision,
+    optimal_params,
+    random_hyperplanes,
+)
 from knnspark.metrics import recall_interval, recall_per_item
 from knnspark.progress import RunReport, stage
 
@@ -42,6 +49,13 @@ _MERGE_GROUP_ROWS = 1_000_000
 #: Queries broadcast at once by an exact scan (recall sample, items short of k).
 _SCAN_QUERIES = 20_000
 _N_EXAMPLES = 5
+#: Rows of one UDF call that small LSH buckets are packed into (a bucket of more keeps its own).
+_PACK_ROWS = 20_000
+#: Items whose exact k-th neighbour score sets the automatic LSH threshold.
+_THRESHOLD_SAMPLE = 256
+#: Quantile of those k-th scores the LSH S-curve is centred on: three items in four have their
+#: whole true top-k above it.
+_THRESHOLD_QUANTILE = 0.25
 
 
 @dataclass
@@ -51,8 +65,10 @@ class Prepared:
     Attributes
     ----------
     data : DataFrame
-        ``key long, vec array<float>`` (unit vectors), persisted.
+        ``key long, vec array<float>`` (unit vectors), persisted; for Jaccard ``vec`` is
+        ``array<bigint>``, each set's distinct 64-bit token hashes, sorted.
     n_items, dim : int
+        Row count and vector dimension (0 for sets).
     id_type : DataType
         The input id column's type (the output ids get it back).
     id_map : DataFrame or None
@@ -68,6 +84,11 @@ class Prepared:
     id_type: T.DataType
     id_map: DataFrame | None
     rejected: DataFrame | None = None
+    metric: str = "cosine"
+
+    @property
+    def vec_type(self) -> str:
+        return "array<bigint>" if self.metric == "jaccard" else "array<float>"
 
 
 @dataclass
@@ -117,10 +138,14 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         merged = spark.createDataFrame([], _MERGED_SCHEMA)
     else:
         if config.method == "exact":
-            cands, max_rows = _exact_candidates(spark, prep, config, report)
+            cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
+        elif config.method == "lsh":
+            cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
         else:
-            cands, max_rows = _kmeans_candidates(spark, prep, config, report)
+            cands, max_rows, staged = _kmeans_candidates(spark, prep, config, report)
         merged = _merge(spark, cands, max_rows, config, report)
+        for df_ in staged:
+            df_.unpersist()
         if config.method != "exact":
             merged = _fill_short_items(spark, merged, prep, config, report, kk)
         with stage(spark, report, "check") as info:
@@ -153,6 +178,16 @@ def _resolve_types(df: DataFrame, config: KnnConfig) -> tuple[T.DataType, Any]:
             check="unsupported_id_type",
         )
     vtype = fields[config.vector_col]
+    if config.metric == "jaccard":
+        if isinstance(vtype, T.ArrayType) and isinstance(
+            vtype.elementType, (T.StringType, *_LONG_ID_TYPES)
+        ):
+            return id_type, F.col(config.vector_col)
+        raise InputError(
+            f"set column {config.vector_col!r} has type {vtype.simpleString()}; with "
+            "--metric jaccard it must be array<string> or array<bigint/int> (the tokens).",
+            check="unsupported_vector_type",
+        )
     from pyspark.ml.linalg import VectorUDT
 
     if isinstance(vtype, VectorUDT):
@@ -191,6 +226,7 @@ _STATUS_TEXT = {
     udfs.STATUS_NULL_ELEMENT: "have a null element in the vector",
     udfs.STATUS_NON_FINITE: "have a NaN or infinite vector element",
     udfs.STATUS_ZERO_NORM: "have an all-zero vector (cosine is undefined for it)",
+    udfs.STATUS_EMPTY_SET: "have an empty set (Jaccard is undefined for it)",
 }
 
 
@@ -310,20 +346,24 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
     id_type, vec = _resolve_types(df, config)
     with stage(spark, report, "validate") as info:
         raw = df.select(F.col(id_col), vec.alias("_vec"))
-        fields = [
-            T.StructField(id_col, id_type),
-            T.StructField("vec", T.ArrayType(T.FloatType(), containsNull=False)),
-            T.StructField("dim", T.IntegerType()),
-            T.StructField("status", T.ByteType()),
-        ]
-        if skip:
-            fields.append(T.StructField("raw", raw.schema["_vec"].dataType))
-        checked = raw.mapInArrow(
-            functools.partial(
-                udfs.prepare_batches, id_col=id_col, vector_col="_vec", keep_raw=skip
-            ),
-            T.StructType(fields),
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        if config.metric == "jaccard":
+            checked = _check_sets(raw, id_col, skip)
+        else:
+            fields = [
+                T.StructField(id_col, id_type),
+                T.StructField("vec", T.ArrayType(T.FloatType(), containsNull=False)),
+                T.StructField("dim", T.IntegerType()),
+                T.StructField("status", T.ByteType()),
+            ]
+            if skip:
+                fields.append(T.StructField("raw", raw.schema["_vec"].dataType))
+            checked = raw.mapInArrow(
+                functools.partial(
+                    udfs.prepare_batches, id_col=id_col, vector_col="_vec", keep_raw=skip
+                ),
+                T.StructType(fields),
+            )
+        checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
         problems, n_rows, dim = _find_problems(checked, id_col)
         info["rows"] = n_rows
         rejected = None
@@ -374,8 +414,42 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
         info["rows"] = data.count()
         checked.unpersist()
     return Prepared(
-        data=data, n_items=n_rows, dim=dim, id_type=id_type, id_map=id_map, rejected=rejected
+        data=data,
+        n_items=n_rows,
+        dim=dim,
+        id_type=id_type,
+        id_map=id_map,
+        rejected=rejected,
+        metric=config.metric,
     )
+
+
+def _check_sets(raw: DataFrame, id_col: str, keep_raw: bool) -> DataFrame:
+    """Set rows as ``id, vec, dim, status[, raw]`` (Spark expressions, no Python).
+
+    ``vec`` holds the set's distinct tokens as sorted 64-bit hashes (Spark's seeded
+    ``xxhash64``), so string and integer tokens share one kernel; Jaccard over the hashes equals
+    Jaccard over the tokens unless two tokens collide (chance about n_tokens**2 / 2**64).
+    ``dim`` is 0: sets have no dimension to agree on.
+    """
+    v = F.col("_vec")
+    status = (
+        F.when(v.isNull(), F.lit(udfs.STATUS_NULL_VECTOR))
+        .when(F.exists(v, lambda t: t.isNull()), F.lit(udfs.STATUS_NULL_ELEMENT))
+        .when(F.size(v) == 0, F.lit(udfs.STATUS_EMPTY_SET))
+        .otherwise(F.lit(udfs.STATUS_OK))
+        .cast("byte")
+    )
+    hashed = F.array_sort(F.array_distinct(F.transform(v, lambda t: F.xxhash64(t))))
+    cols = [
+        F.col(id_col),
+        F.when(status == udfs.STATUS_OK, hashed).alias("vec"),
+        F.when(v.isNotNull(), F.lit(0)).cast("int").alias("dim"),
+        status.alias("status"),
+    ]
+    if keep_raw:
+        cols.append(v.alias("raw"))
+    return raw.select(*cols)
 
 
 def _table_udf(fn: Any, **kwargs: Any) -> Any:
@@ -402,44 +476,63 @@ def _string_keys(spark: SparkSession, ids: DataFrame) -> DataFrame:
 
 # --------------------------------------------------------------------------- candidates
 def _bucket_candidates(
-    spark: SparkSession,
     prep: Prepared,
     config: KnnConfig,
-    centroids: np.ndarray | None,
-    n_probe: int,
+    rows: DataFrame,
     plan: BucketPlan,
     counts: tuple[np.ndarray, np.ndarray],
+    reverse: bool,
 ) -> tuple[DataFrame, int]:
     """Candidate pairs ``(key, nbr, score)`` of every bucket, and an upper bound of their count.
 
-    ``counts`` are the (members, queries) per cluster the plan was made from: a query meets
-    every member chunk of a cluster it probes (``k`` candidates each), a member every query
+    ``rows`` are the bucket rows ``(bucket, key, role, vec)`` an assigner produced from
+    ``plan``; ``counts`` are the (members, queries) per cluster the plan was made from: a query
+    meets every member chunk of a cluster it joins (``k`` candidates each), a member every query
     chunk of its cluster (``k`` reverse candidates each).
     """
-    sc = spark.sparkContext
-    bc_centroids = sc.broadcast(centroids)
-    dim, k, block_bytes = prep.dim, config.k, config.block_bytes
-    # Exact mode already pairs every query with every member; reverse lists would add nothing.
-    reverse = centroids is not None and config.reverse_candidates
-
-    def assign(batches):  # closes over the broadcast, read on the executor
-        return udfs.assign_batches(batches, bc_centroids.value, n_probe, plan, dim)
-
-    rows = prep.data.mapInArrow(assign, "bucket long, key long, role byte, vec array<float>")
+    k = config.k
     n_members, n_queries = counts
     max_rows = int((n_queries * plan.member_chunks).sum()) * k
     if reverse:
         max_rows += int((n_members * plan.query_chunks).sum()) * k
-    cands = rows.groupBy("bucket").applyInArrow(
-        _table_udf(udfs.bucket_topk, k=k, dim=dim, block_bytes=block_bytes, reverse=reverse),
+    cands = rows.groupBy("grp").applyInArrow(
+        _table_udf(
+            udfs.bucket_topk,
+            k=k,
+            dim=prep.dim,
+            block_bytes=config.block_bytes,
+            reverse=reverse,
+            metric=prep.metric,
+        ),
         _CANDIDATE_SCHEMA,
     )
     return cands, max_rows
 
 
+def _rows_schema(prep: Prepared) -> str:
+    return f"grp long, bucket long, key long, role byte, vec {prep.vec_type}"
+
+
+def _centroid_rows(
+    spark: SparkSession,
+    prep: Prepared,
+    centroids: np.ndarray | None,
+    n_probe: int,
+    plan: BucketPlan,
+) -> DataFrame:
+    """Bucket rows of k-means (``centroids``) or exact mode (``None``: one all-items cluster)."""
+    bc_centroids = spark.sparkContext.broadcast(centroids)
+    dim = prep.dim
+
+    def assign(batches):  # closes over the broadcast, read on the executor
+        return udfs.assign_batches(batches, bc_centroids.value, n_probe, plan, dim)
+
+    return prep.data.mapInArrow(assign, _rows_schema(prep))
+
+
 def _exact_candidates(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
-) -> tuple[DataFrame, int]:
+) -> tuple[DataFrame, int, list[DataFrame]]:
     n = prep.n_items
     n_blocks = max(
         math.ceil(n / config.max_bucket_members),
@@ -453,12 +546,141 @@ def _exact_candidates(
         method="exact", n_blocks=int(plan.member_chunks[0]), n_buckets=plan.n_buckets
     )
     everyone = np.array([n])
-    return _bucket_candidates(spark, prep, config, None, 1, plan, (everyone, everyone))
+    rows = _centroid_rows(spark, prep, None, 1, plan)
+    # Every query already meets every member: reverse lists would add nothing.
+    cands, max_rows = _bucket_candidates(prep, config, rows, plan, (everyone, everyone), False)
+    return cands, max_rows, []
+
+
+def _lsh_sample(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, kk: int
+) -> tuple[float, np.ndarray]:
+    """What the automatic LSH choice needs from a seeded sample of items.
+
+    Returns the threshold (a low quantile of the sample's exact k-th neighbour scores, so most
+    items have their whole true top-k above it) and the similarities of the sample's pairs (a
+    sample of random pairs, for the expected-candidates estimate).
+    """
+    sample = (
+        prep.data.withColumn("_h", F.xxhash64("key", F.lit(config.seed + 2)))
+        .orderBy("_h", "key")
+        .limit(min(_THRESHOLD_SAMPLE, prep.n_items))
+    )
+    keys, items = _collect_items(sample, prep)
+    if prep.metric == "jaccard":
+        pair = jaccard_scores(items, items)
+    else:
+        pair = items @ items.T
+    random_pairs = pair[np.triu_indices(len(keys), 1)].astype(np.float64)
+    threshold = config.lsh_threshold
+    if threshold is None:
+        _, scores = exact_topk(spark, prep, keys, items, kk, config.block_bytes)
+        kth = scores[:, kk - 1]
+        kth = kth[np.isfinite(kth)]
+        threshold = float(np.quantile(kth, _THRESHOLD_QUANTILE)) if len(kth) else 0.5
+        threshold = float(np.clip(threshold, 0.05, 0.95))
+    return threshold, random_pairs
+
+
+def _lsh_candidates(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
+) -> tuple[DataFrame, int, list[DataFrame]]:
+    dim, metric = prep.dim, prep.metric
+    family = "minhash" if metric == "jaccard" else "hyperplane"
+    threshold = config.lsh_threshold
+    with stage(spark, report, "lsh-params") as info:
+        if config.n_tables is not None:
+            n_tables, n_bits = config.n_tables, config.n_bits
+        else:
+            threshold, random_pairs = _lsh_sample(spark, prep, config, kk)
+            collide = jaccard_collision if metric == "jaccard" else hyperplane_collision
+            n_tables, n_bits = optimal_params(
+                threshold,
+                config.n_perm if metric == "jaccard" else config.lsh_max_bits,
+                family=family,
+                false_positive_weight=1.0 - config.lsh_false_negative_weight,
+                false_negative_weight=config.lsh_false_negative_weight,
+                random_pair_p=collide(random_pairs),
+                n_items=prep.n_items,
+                max_candidates=config.lsh_max_candidates,
+            )
+        info["rows"] = n_tables
+    planes = None if metric == "jaccard" else random_hyperplanes(dim, n_tables, n_bits, config.seed)
+    with stage(spark, report, "lsh-codes") as info:
+        bc_planes = spark.sparkContext.broadcast(planes)
+        n_perm, seed = config.n_perm, config.seed
+
+        def code(batches):
+            return udfs.lsh_code_batches(
+                batches, metric, dim, bc_planes.value, n_tables, n_bits, n_perm, seed
+            )
+
+        coded = prep.data.mapInArrow(
+            code, f"key long, vec {prep.vec_type}, codes array<bigint>"
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        # Only codes shared by two or more items make a bucket; a lone item pairs with nothing.
+        shared = (
+            coded.select(F.explode("codes").alias("code"))
+            .groupBy("code")
+            .count()
+            .filter(F.col("count") > 1)
+            .toArrow()
+        )
+        order = np.argsort(shared.column("code").to_numpy(), kind="stable")
+        known = shared.column("code").to_numpy()[order].astype(np.int64)
+        sizes = shared.column("count").to_numpy()[order].astype(np.int64)
+        info["rows"] = len(known)
+    if len(known) == 0:
+        known, sizes = np.zeros(1, np.int64), np.zeros(1, np.int64)  # one empty bucket
+    plan = BucketPlan.from_counts(
+        sizes,
+        sizes,
+        config.max_bucket_members,
+        config.max_bucket_queries,
+        config.seed,
+        max_work=config.max_bucket_work,
+        dim=max(dim, 1),
+    ).packed(sizes, sizes, _PACK_ROWS)
+    bc_known = spark.sparkContext.broadcast(known)
+
+    def assign(batches):
+        return udfs.lsh_assign_batches(batches, bc_known.value, plan)
+
+    rows = coded.mapInArrow(assign, _rows_schema(prep))
+    in_buckets = int(sizes.sum())
+    report.resolved.update(
+        method="lsh",
+        lsh_family=family,
+        lsh_threshold=None if threshold is None else round(threshold, 4),
+        n_tables=n_tables,
+        n_bits=n_bits,
+        n_buckets=plan.n_buckets,
+        n_lsh_buckets_shared=int(len(known)) if in_buckets else 0,
+        n_clusters_split=plan.n_split,
+        bucket_members_median=float(np.median(sizes)),
+        bucket_members_max=int((-(-sizes // plan.member_chunks)).max()),
+        lsh_item_table_pairs_in_shared_buckets=in_buckets,
+    )
+    log.info(
+        "lsh (%s): %d tables x %d bits (threshold %s), %d shared buckets (size median %.0f / "
+        "max %d), %d split",
+        family,
+        n_tables,
+        n_bits,
+        "set" if threshold is None else f"{threshold:.3f}",
+        len(known),
+        np.median(sizes),
+        sizes.max(),
+        plan.n_split,
+    )
+    # Every item is member and query of its own buckets: forward lists cover every pair.
+    cands, max_rows = _bucket_candidates(prep, config, rows, plan, (sizes, sizes), False)
+    return cands, max_rows, [coded]
 
 
 def _kmeans_candidates(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
-) -> tuple[DataFrame, int]:
+) -> tuple[DataFrame, int, list[DataFrame]]:
     n, dim = prep.n_items, prep.dim
     n_clusters = config.resolve_n_clusters(n)
     with stage(spark, report, "kmeans") as info:
@@ -467,11 +689,11 @@ def _kmeans_candidates(
         # input is partitioned, or two runs over the same table would differ.
         scale = 1 << 30
         threshold = min(scale, math.ceil(sample_size / n * scale))
-        _, x = _collect_vectors(
+        _, x = _collect_items(
             prep.data.filter(
                 F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(scale)) < threshold
             ),
-            dim,
+            prep,
         )
         info["rows"] = len(x)
         n_clusters = max(1, min(n_clusters, len(x)))
@@ -529,7 +751,11 @@ def _kmeans_candidates(
         plan.n_buckets,
         plan.n_split,
     )
-    return _bucket_candidates(spark, prep, config, centroids, n_probe, plan, (n_members, n_queries))
+    rows = _centroid_rows(spark, prep, centroids, n_probe, plan)
+    cands, max_rows = _bucket_candidates(
+        prep, config, rows, plan, (n_members, n_queries), config.reverse_candidates
+    )
+    return cands, max_rows, []
 
 
 def _merge(
@@ -559,11 +785,13 @@ def exact_topk(
     spark: SparkSession,
     prep: Prepared,
     query_keys: np.ndarray,
-    queries: np.ndarray,
+    queries: np.ndarray | Sets,
     k: int,
     block_bytes: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of a set of query items against every item (broadcast queries, scan items).
+
+    ``queries`` are unit vectors of shape (n_queries, dim), or :class:`Sets` for Jaccard.
 
     Returns
     -------
@@ -571,17 +799,18 @@ def exact_topk(
         Padded with ``-1`` / ``-inf``; rows follow ``query_keys``.
     """
     sc = spark.sparkContext
-    dim = prep.dim
+    dim, metric = prep.dim, prep.metric
     kk = min(k, max(prep.n_items - 1, 0))
     out_keys = np.full((len(query_keys), kk), -1, dtype=np.int64)
     out_scores = np.full((len(query_keys), kk), -np.inf, dtype=np.float32)
     for start in range(0, len(query_keys), _SCAN_QUERIES):
         qk = np.asarray(query_keys[start : start + _SCAN_QUERIES], dtype=np.int64)
-        bc = sc.broadcast((qk, np.ascontiguousarray(queries[start : start + _SCAN_QUERIES])))
+        block = udfs.take_items(queries, np.arange(start, start + len(qk)))
+        bc = sc.broadcast((qk, block))
 
         def scan(batches, bc=bc):
-            keys, vecs = bc.value
-            return udfs.scan_topk_batches(batches, keys, vecs, kk, dim, block_bytes)
+            keys, items = bc.value
+            return udfs.scan_topk_batches(batches, keys, items, kk, dim, block_bytes, metric)
 
         cands = prep.data.mapInArrow(scan, _CANDIDATE_SCHEMA).toArrow()
         q, nb, s, r = kernel.merge_topk(
@@ -602,12 +831,13 @@ def _row_of(keys: np.ndarray, q: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(keys[order], q)]
 
 
-def _collect_vectors(df: DataFrame, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``key, vec`` rows to the driver, sorted by key."""
+def _collect_items(df: DataFrame, prep: Prepared) -> tuple[np.ndarray, Any]:
+    """``key, vec`` rows to the driver, sorted by key: keys and a vector matrix (or Sets)."""
     tbl = df.select("key", "vec").toArrow()
     keys = tbl.column("key").to_numpy()
     order = np.argsort(keys, kind="stable")
-    return keys[order].astype(np.int64), udfs.list_to_matrix(tbl.column("vec"), dim)[order]
+    items = udfs.take_items(udfs.column_items(tbl.column("vec"), prep.metric, prep.dim), order)
+    return keys[order].astype(np.int64), items
 
 
 def _fill_short_items(
@@ -623,7 +853,7 @@ def _fill_short_items(
     with stage(spark, report, "fill-short") as info:
         full = merged.filter(F.col("rank") == kk).select("key")
         short = prep.data.join(full, on="key", how="left_anti")
-        keys, vecs = _collect_vectors(short, prep.dim)
+        keys, vecs = _collect_items(short, prep)
         info["rows"] = len(keys)
         report.counts["n_items_searched_exactly"] = len(keys)
         if len(keys) == 0:
@@ -666,7 +896,7 @@ def _estimate_recall(
             .orderBy("_h", "key")
             .limit(n_sample)
         )
-        keys, vecs = _collect_vectors(sample, prep.dim)
+        keys, vecs = _collect_items(sample, prep)
         info["rows"] = len(keys)
         _, exact_scores = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
         key_df = spark.createDataFrame(pa.table({"key": keys}), "key long")

@@ -19,7 +19,8 @@ def get_session(
     """A session for a CLI run: attach to spark-submit's, or start a local embedded one.
 
     Python workers get one BLAS thread each: Spark already runs one task per core, and letting
-    each task's BLAS use every core oversubscribes the machine.
+    each task's BLAS use every core oversubscribes the machine. They also use the system
+    allocator for Arrow, so a ``spark.executor.pyspark.memory`` budget measures real use.
     """
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     # Workers must run the interpreter that has knnspark's dependencies (the venv's).
@@ -39,6 +40,10 @@ def get_session(
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
         "spark.executorEnv.OMP_NUM_THREADS": "1",
         "spark.executorEnv.MKL_NUM_THREADS": "1",
+        # Arrow's default allocator (jemalloc/mimalloc) reserves large virtual areas, which
+        # spark.executor.pyspark.memory (an address-space limit) counts as used; the system
+        # allocator keeps a worker's budget about the memory it really uses.
+        "spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": "system",
     }
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from knnspark import kernel
+from knnspark import kernel, lsh
 from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
+from knnspark.jaccard import Sets, topk_jaccard
 from knnspark.kmeans import nearest_centroids
 
 __all__ = [
@@ -24,6 +25,11 @@ __all__ = [
     "bucket_topk",
     "cluster_count_batches",
     "list_to_matrix",
+    "list_to_sets",
+    "column_items",
+    "take_items",
+    "lsh_assign_batches",
+    "lsh_code_batches",
     "matrix_to_list",
     "merge_table",
     "prepare_batches",
@@ -31,12 +37,20 @@ __all__ = [
 ]
 
 # Row status codes produced by ``prepare_batches`` (0 = usable).
-STATUS_OK, STATUS_NULL_VECTOR, STATUS_NULL_ELEMENT, STATUS_NON_FINITE, STATUS_ZERO_NORM = range(5)
+(
+    STATUS_OK,
+    STATUS_NULL_VECTOR,
+    STATUS_NULL_ELEMENT,
+    STATUS_NON_FINITE,
+    STATUS_ZERO_NORM,
+    STATUS_EMPTY_SET,
+) = range(6)
 STATUS_NAMES = {
     STATUS_NULL_VECTOR: "null_vector",
     STATUS_NULL_ELEMENT: "null_element",
     STATUS_NON_FINITE: "non_finite",
     STATUS_ZERO_NORM: "zero_norm",
+    STATUS_EMPTY_SET: "empty_set",
 }
 
 #: Rows normalised at once by ``prepare_batches`` (bounds its float64 temporaries).
@@ -71,6 +85,38 @@ def list_to_matrix(arr: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
         return np.zeros((0, dim), dtype=np.float32)
     values = arr.flatten().to_numpy(zero_copy_only=False)
     return values.astype(np.float32, copy=False).reshape(n, dim)
+
+
+def list_to_sets(arr: pa.Array | pa.ChunkedArray) -> Sets:
+    """A list array of null-free integer token lists as :class:`~knnspark.jaccard.Sets`."""
+    arr = _one_chunk(arr)
+    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return Sets(indptr, tokens)
+
+
+def sets_to_list(sets: Sets) -> pa.ListArray:
+    """:class:`~knnspark.jaccard.Sets` as an Arrow ``list<int64>`` array."""
+    return pa.ListArray.from_arrays(
+        pa.array(sets.indptr.astype(np.int32)), pa.array(sets.tokens, type=pa.int64())
+    )
+
+
+def column_items(arr: pa.Array | pa.ChunkedArray, metric: str, dim: int) -> np.ndarray | Sets:
+    """A ``vec`` column as the kernel's input: a float32 matrix (cosine) or :class:`Sets`."""
+    return list_to_sets(arr) if metric == "jaccard" else list_to_matrix(arr, dim)
+
+
+def take_items(items: np.ndarray | Sets, rows: np.ndarray) -> np.ndarray | Sets:
+    """Rows of a float matrix or of :class:`Sets`."""
+    return items.take(rows) if isinstance(items, Sets) else items[rows]
+
+
+def _topk(queries, query_keys, members, member_keys, k, metric, block_bytes):
+    if metric == "jaccard":
+        return topk_jaccard(queries, query_keys, members, member_keys, k, block_bytes=block_bytes)
+    return kernel.topk_cosine(queries, query_keys, members, member_keys, k, block_bytes=block_bytes)
 
 
 def matrix_to_list(mat: np.ndarray) -> pa.ListArray:
@@ -185,45 +231,155 @@ def assign_batches(
     plan: BucketPlan,
     dim: int,
 ) -> Iterator[pa.RecordBatch]:
-    """Bucket rows ``(bucket, key, role, vec)`` of each item.
+    """Bucket rows ``(grp, bucket, key, role, vec)`` of each item (``grp``: the UDF call).
 
     ``centroids=None`` puts every item in cluster 0 as member and query (exact mode).
     """
     _maybe_fail("assign_batches")
     for batch in batches:
         keys = _column(batch, "key").to_numpy().astype(np.int64)
-        x = list_to_matrix(_column(batch, "vec"), dim)
+        vec = _column(batch, "vec")
         if centroids is None:
             probes = np.zeros((len(keys), 1), dtype=np.int32)
         else:
-            probes = nearest_centroids(x, centroids, n_probe)
+            probes = nearest_centroids(list_to_matrix(vec, dim), centroids, n_probe)
         item, bucket, role = bucket_rows(keys, probes[:, 0], probes, plan)
-        # Replication (probes x chunks) multiplies rows: emit bounded slices, not one batch.
-        for s in range(0, len(item), _OUTPUT_BATCH_ROWS):
-            sl = slice(s, s + _OUTPUT_BATCH_ROWS)
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array(bucket[sl]),
-                    pa.array(keys[item[sl]]),
-                    pa.array(role[sl]),
-                    matrix_to_list(x[item[sl]]),
-                ],
-                names=["bucket", "key", "role", "vec"],
-            )
+        yield from _bucket_batches(keys, vec, item, bucket, role, plan)
 
 
-def bucket_topk(table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bool) -> pa.Table:
-    """Candidate pairs ``(key, nbr, score)`` of one bucket.
+def _bucket_batches(
+    keys: np.ndarray,
+    vec: pa.Array,
+    item: np.ndarray,
+    bucket: np.ndarray,
+    role: np.ndarray,
+    plan: BucketPlan,
+) -> Iterator[pa.RecordBatch]:
+    group = plan.group_of(bucket)
+    # Replication (probes x chunks) multiplies rows: emit bounded slices, not one batch.
+    for s in range(0, len(item), _OUTPUT_BATCH_ROWS):
+        sl = slice(s, s + _OUTPUT_BATCH_ROWS)
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(group[sl]),
+                pa.array(bucket[sl]),
+                pa.array(keys[item[sl]]),
+                pa.array(role[sl]),
+                vec.take(pa.array(item[sl])),
+            ],
+            names=["grp", "bucket", "key", "role", "vec"],
+        )
 
-    Each query's top-k among the bucket's members and, with ``reverse``, each member's top-k
-    among the bucket's queries.
+
+def lsh_code_batches(
+    batches: Iterator[pa.RecordBatch],
+    metric: str,
+    dim: int,
+    planes: np.ndarray | None,
+    n_tables: int,
+    n_bits: int,
+    n_perm: int,
+    seed: int,
+) -> Iterator[pa.RecordBatch]:
+    """``key, vec, codes``: each item's LSH bucket code in every table (``list<int64>``).
+
+    Cosine: random-hyperplane signatures (``planes`` of shape (n_tables * n_bits, dim)).
+    Jaccard: datasketch MinHash signatures of ``n_perm`` permutations, banded ``n_tables`` x
+    ``n_bits``.
+    """
+    _maybe_fail("lsh_code_batches")
+    for batch in batches:
+        vec = _column(batch, "vec")
+        if metric == "jaccard":
+            sig = lsh.minhash_signatures(list_to_sets(vec).to_lists(), n_perm, seed)
+            codes = lsh.band_codes(sig, n_tables, n_bits)
+        else:
+            codes = lsh.hyperplane_codes(list_to_matrix(vec, dim), planes, n_tables, n_bits)
+        n = len(codes)
+        offsets = pa.array(np.arange(0, (n + 1) * n_tables, n_tables, dtype=np.int32))
+        yield pa.RecordBatch.from_arrays(
+            [
+                _column(batch, "key"),
+                vec,
+                pa.ListArray.from_arrays(offsets, pa.array(codes.ravel(), type=pa.int64())),
+            ],
+            names=["key", "vec", "codes"],
+        )
+
+
+def lsh_assign_batches(
+    batches: Iterator[pa.RecordBatch], known_codes: np.ndarray, plan: BucketPlan
+) -> Iterator[pa.RecordBatch]:
+    """Bucket rows ``(grp, bucket, key, role, vec)`` of LSH-coded items.
+
+    ``known_codes`` (sorted, int64) are the codes shared by at least two items; cluster ``c`` of
+    the plan is ``known_codes[c]``. An item is member and query of its bucket in every table
+    whose code is known (a code held by one item alone pairs with nothing).
+    """
+    _maybe_fail("lsh_assign_batches")
+    for batch in batches:
+        keys = _column(batch, "key").to_numpy().astype(np.int64)
+        codes_col = _column(batch, "codes")
+        n_tables = int(codes_col.value_lengths()[0].as_py()) if len(codes_col) else 1
+        codes = codes_col.flatten().to_numpy().reshape(len(keys), n_tables)
+        cl = np.minimum(np.searchsorted(known_codes, codes), max(len(known_codes) - 1, 0))
+        found = known_codes[cl] == codes if len(known_codes) else np.zeros(codes.shape, bool)
+        owner, table = np.nonzero(found)
+        cl = cl[owner, table].astype(np.int64)
+        item, bucket, role = bucket_rows(keys[owner], cl, cl[:, None], plan)
+        yield from _bucket_batches(keys, _column(batch, "vec"), owner[item], bucket, role, plan)
+
+
+def bucket_topk(
+    table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bool, metric: str = "cosine"
+) -> pa.Table:
+    """Candidate pairs ``(key, nbr, score)`` of the buckets of one UDF call.
+
+    In each bucket: each query's top-k among the bucket's members and, with ``reverse`` (cosine
+    only), each member's top-k among the bucket's queries. Buckets packed into one call are
+    solved one by one, exactly as if they had a call each.
     """
     _maybe_fail("bucket_topk")
+    if "bucket" in table.column_names:
+        bucket = _column(table, "bucket").to_numpy()
+        if len(bucket) and bucket.min() != bucket.max():
+            order = np.argsort(bucket, kind="stable")
+            table = table.take(pa.array(order))
+            bounds = np.flatnonzero(np.diff(bucket[order])) + 1
+            starts = np.concatenate([[0], bounds])
+            stops = np.concatenate([bounds, [len(order)]])
+            return pa.concat_tables(
+                [
+                    _one_bucket_topk(table.slice(a, b - a), k, dim, block_bytes, reverse, metric)
+                    for a, b in zip(starts.tolist(), stops.tolist())
+                ]
+            )
+    return _one_bucket_topk(table, k, dim, block_bytes, reverse, metric)
+
+
+def _one_bucket_topk(
+    table: pa.Table, k: int, dim: int, block_bytes: int, reverse: bool, metric: str
+) -> pa.Table:
     keys = _column(table, "key").to_numpy().astype(np.int64)
     role = _column(table, "role").to_numpy()
-    x = list_to_matrix(_column(table, "vec"), dim)
     is_m = (role & ROLE_MEMBER) > 0
     is_q = (role & ROLE_QUERY) > 0
+    if metric == "jaccard":
+        sets = list_to_sets(_column(table, "vec"))
+        m_rows, q_rows = np.nonzero(is_m)[0], np.nonzero(is_q)[0]
+        nbr, score = topk_jaccard(
+            sets.take(q_rows), keys[q_rows], sets.take(m_rows), keys[m_rows], k,
+            block_bytes=block_bytes,
+        )  # fmt: skip
+        valid = nbr >= 0
+        return pa.table(
+            {
+                "key": np.broadcast_to(keys[q_rows][:, None], nbr.shape)[valid],
+                "nbr": nbr[valid],
+                "score": score[valid].astype(np.float32),
+            }
+        )
+    x = list_to_matrix(_column(table, "vec"), dim)
     res = kernel.bucket_topk_cosine(
         x[is_q], keys[is_q], x[is_m], keys[is_m], k, reverse=reverse, block_bytes=block_bytes
     )
@@ -260,10 +416,11 @@ def merge_table(table: pa.Table, k: int) -> pa.Table:
 def scan_topk_batches(
     batches: Iterator[pa.RecordBatch],
     query_keys: np.ndarray,
-    queries: np.ndarray,
+    queries: np.ndarray | Sets,
     k: int,
     dim: int,
     block_bytes: int,
+    metric: str = "cosine",
 ) -> Iterator[pa.RecordBatch]:
     """Exact top-k of a broadcast query set against the items of one partition.
 
@@ -278,8 +435,8 @@ def scan_topk_batches(
         keys = _column(batch, "key").to_numpy().astype(np.int64)
         if len(keys) == 0:
             continue
-        x = list_to_matrix(_column(batch, "vec"), dim)
-        nbr, scores = kernel.topk_cosine(queries, query_keys, x, keys, k, block_bytes=block_bytes)
+        items = column_items(_column(batch, "vec"), metric, dim)
+        nbr, scores = _topk(queries, query_keys, items, keys, k, metric, block_bytes)
         best_keys, best_scores = kernel.merge_rows(best_keys, best_scores, nbr, scores, k)
     valid = best_keys >= 0
     rows = np.broadcast_to(np.asarray(query_keys, dtype=np.int64)[:, None], best_keys.shape)

@@ -1,6 +1,6 @@
 """Does bucket splitting keep Python-worker memory within a budget on skewed data?
 
-    python scripts/skew_memory_check.py [--n 90000] [--dim 768] [--budget 700m]
+    python scripts/skew_memory_check.py [--n 45000] [--dim 768] [--budget 700m]
 
 Writes a table where a third of the rows share one vector (one hot bucket), then runs
 ``knnspark run`` twice under the same ``spark.executor.pyspark.memory`` budget (enforced as an
@@ -30,10 +30,10 @@ from knnspark.udfs import matrix_to_list
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=90_000)
+    ap.add_argument("--n", type=int, default=45_000)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--budget", default="700m")
-    ap.add_argument("--cap", type=int, default=4000)
+    ap.add_argument("--cap", type=int, default=3000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         x = synthetic_embeddings(args.n, args.dim, seed=3)

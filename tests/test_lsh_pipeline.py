@@ -1,0 +1,137 @@
+"""LSH (cosine) and MinHash (Jaccard) runs on Spark against exact numpy oracles."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from knnspark.config import KnnConfig
+from knnspark.errors import ConfigError, InputError
+from knnspark.generate import synthetic_sets
+from knnspark.pipeline import compute_neighbors
+from tests.conftest import to_df
+from tests.oracle import brute_force_jaccard, brute_force_topk
+
+
+def _rows(table):
+    t = table.toArrow()
+    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
+    return {c: t.column(c).to_numpy()[order] for c in t.column_names}
+
+
+def _check_invariants(r, keys, kk):
+    """Exactly kk neighbours per item, ranks 1..kk, no self, no repeats, scores non-increasing."""
+    assert len(r["item_id"]) == len(keys) * kk
+    items = r["item_id"].reshape(len(keys), kk)
+    assert np.array_equal(items[:, 0], np.sort(keys))
+    assert np.all(r["rank"].reshape(-1, kk) == np.arange(1, kk + 1))
+    nbrs = r["neighbor_id"].reshape(-1, kk)
+    assert not np.any(nbrs == items)
+    assert all(len(set(row)) == kk for row in nbrs.tolist())
+    assert np.all(np.diff(r["score"].reshape(-1, kk), axis=1) <= 1e-6)
+
+
+def _recall(got_scores, want_scores):
+    """Tie-aware recall: returned scores reaching each item's true k-th score."""
+    kth = want_scores[:, -1:]
+    return float(np.mean(got_scores >= kth - 1e-6))
+
+
+def test_lsh_cosine_recall_against_oracle(spark, clustered):
+    keys, x = clustered
+    cfg = KnnConfig(k=10, method="lsh", recall_sample=300, seed=3)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    r = _rows(result.table)
+    _check_invariants(r, keys, 10)
+    _, want, _ = brute_force_topk(x, keys, 10)
+    order = np.argsort(keys)
+    recall = _recall(r["score"].reshape(-1, 10), want[order])
+    assert recall >= 0.9, recall
+    res = result.report.resolved
+    assert res["method"] == "lsh" and res["n_tables"] * res["n_bits"] <= cfg.lsh_max_bits
+    rep = result.report.recall
+    assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)
+
+
+def test_lsh_split_buckets_give_the_same_table(spark, clustered):
+    """Forced bucket splitting (tiny caps) changes the plan, not the answer."""
+    keys, x = clustered
+    keys, x = keys[:1200], x[:1200]
+    df = to_df(spark, keys, x)
+    base = KnnConfig(k=5, method="lsh", n_tables=6, n_bits=4, recall_sample=0, seed=1)
+    plain = compute_neighbors(df, base)
+    split = compute_neighbors(df, base.replace(max_bucket_members=40, max_bucket_queries=30))
+    assert split.report.resolved["n_clusters_split"] > 0
+    assert plain.report.resolved["n_clusters_split"] == 0
+    a, b = _rows(plain.table), _rows(split.table)
+    for col in ("item_id", "neighbor_id", "rank", "score"):
+        assert np.array_equal(a[col], b[col]), col
+
+
+@pytest.fixture(scope="module")
+def token_sets():
+    sets = synthetic_sets(1500, topic_vocab=60, set_size=(5, 30), seed=9)
+    keys = np.arange(1500, dtype=np.int64) * 3 + 1
+    return keys, sets
+
+
+def _sets_df(spark, keys, sets, as_strings=False):
+    tokens = [[f"t{v}" for v in s] if as_strings else s.tolist() for s in sets]
+    typ = pa.list_(pa.string()) if as_strings else pa.list_(pa.int64())
+    return spark.createDataFrame(pa.table({"id": keys, "tokens": pa.array(tokens, type=typ)}))
+
+
+def test_jaccard_exact_equals_brute_force(spark, token_sets):
+    keys, sets = token_sets
+    keys, sets = keys[:400], sets[:400]
+    cfg = KnnConfig(k=6, method="exact", metric="jaccard", vector_col="tokens")
+    r = _rows(compute_neighbors(_sets_df(spark, keys, sets, as_strings=True), cfg).table)
+    want_keys, want_scores = brute_force_jaccard(sets, keys, 6)
+    assert np.array_equal(r["neighbor_id"].reshape(-1, 6), want_keys)
+    np.testing.assert_allclose(r["score"].reshape(-1, 6), want_scores, atol=1e-6)
+
+
+def test_minhash_lsh_recall_against_brute_force(spark, token_sets):
+    keys, sets = token_sets
+    cfg = KnnConfig(k=10, method="lsh", metric="jaccard", vector_col="tokens", recall_sample=200)
+    result = compute_neighbors(_sets_df(spark, keys, sets), cfg)
+    r = _rows(result.table)
+    _check_invariants(r, keys, 10)
+    _, want = brute_force_jaccard(sets, keys, 10)
+    recall = _recall(r["score"].reshape(-1, 10), want)
+    assert recall >= 0.9, recall
+    res = result.report.resolved
+    assert res["lsh_family"] == "minhash" and res["n_tables"] * res["n_bits"] <= cfg.n_perm
+    assert result.report.recall["ci95_low"] - 1e-3 <= recall
+
+
+def test_jaccard_bad_sets_are_reported_or_set_aside(spark):
+    rows = pa.table(
+        {
+            "id": [1, 2, 3, 4, 5],
+            "tokens": pa.array([["a", "b"], [], None, ["a", None], ["b", "c"]]),
+        }
+    )
+    df = spark.createDataFrame(rows)
+    cfg = KnnConfig(k=1, method="lsh", metric="jaccard", vector_col="tokens", recall_sample=0)
+    with pytest.raises(InputError) as err:
+        compute_neighbors(df, cfg)
+    text = str(err.value)
+    for check in ("empty_set: 1 of 5", "null_vector: 1 of 5", "null_element: 1 of 5"):
+        assert check in text
+    result = compute_neighbors(df, cfg.replace(on_invalid="skip"))
+    reasons = {r["id"]: r["reason"] for r in result.rejected.collect()}
+    assert reasons == {2: "empty_set", 3: "null_vector", 4: "null_element"}
+    got = {(r["item_id"], r["neighbor_id"]) for r in result.table.collect()}
+    assert got == {(1, 5), (5, 1)}
+
+
+def test_jaccard_needs_token_arrays_and_a_set_method(spark, clustered):
+    keys, x = clustered
+    with pytest.raises(InputError, match="array<string> or array<bigint/int>"):
+        compute_neighbors(
+            to_df(spark, keys[:10], x[:10]), KnnConfig(metric="jaccard", method="exact")
+        )
+    with pytest.raises(ConfigError, match="--method lsh"):
+        KnnConfig(metric="jaccard")
+    with pytest.raises(ConfigError, match="n_perm"):
+        KnnConfig(metric="jaccard", method="lsh", n_tables=20, n_bits=10)
