@@ -22,18 +22,19 @@ OUT="$(mkdir -p "${1:-$ROOT/dist}" && cd "${1:-$ROOT/dist}" && pwd)"
 PYTHON="${PYTHON:-python3}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+# KNNSPARK_DEPS_CACHE=DIR keeps the dependency venv between builds (keyed by the Python version
+# and the requirement list), so a rebuild only reinstalls knnspark and repacks.
+DEPS_CACHE="${KNNSPARK_DEPS_CACHE:-}"
 
 echo "[build-env] building the knnspark wheel" >&2
-"$PYTHON" -m venv "$WORK/env"
-ENV_PY="$WORK/env/bin/python"
-"$ENV_PY" -m pip install -q --upgrade pip wheel venv-pack
+"$PYTHON" -m venv "$WORK/build"
+"$WORK/build/bin/python" -m pip install -q --upgrade pip wheel setuptools
 rm -f "$OUT"/knnspark-*.whl
-"$ENV_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT" "$ROOT" 2>/dev/null \
-  || "$ENV_PY" -m pip wheel -q --no-deps -w "$OUT" "$ROOT"
+"$WORK/build/bin/python" -m pip wheel -q --no-deps -w "$OUT" "$ROOT"
 WHEEL="$(ls "$OUT"/knnspark-*.whl)"
 
 # The wheel's runtime requirements, minus pyspark (the cluster provides it).
-mapfile -t REQS < <("$ENV_PY" - "$WHEEL" <<'PY'
+mapfile -t REQS < <("$PYTHON" - "$WHEEL" <<'PY'
 import sys
 import zipfile
 
@@ -46,14 +47,30 @@ with zipfile.ZipFile(sys.argv[1]) as whl:
                 print(req)
 PY
 )
-echo "[build-env] installing ${REQS[*]} + knnspark" >&2
-"$ENV_PY" -m pip install -q "${REQS[@]}"
-"$ENV_PY" -m pip install -q --no-deps "$WHEEL"
+KEY="$("$PYTHON" -c 'import sys; print("py%d.%d" % sys.version_info[:2])')-$(printf '%s\n' "${REQS[@]}" | sha256sum | cut -c1-12)"
+if [[ -n "$DEPS_CACHE" ]]; then
+  ENV_DIR="$DEPS_CACHE/$KEY"
+else
+  ENV_DIR="$WORK/env"
+fi
+ENV_PY="$ENV_DIR/bin/python"
+if [[ ! -f "$ENV_DIR/.deps-installed" ]]; then
+  echo "[build-env] installing ${REQS[*]} into $ENV_DIR" >&2
+  rm -rf "$ENV_DIR"
+  "$PYTHON" -m venv "$ENV_DIR"
+  "$ENV_PY" -m pip install -q --upgrade pip
+  "$ENV_PY" -m pip install -q "${REQS[@]}" venv-pack
+  touch "$ENV_DIR/.deps-installed"
+else
+  echo "[build-env] reusing dependencies in $ENV_DIR" >&2
+fi
+"$ENV_PY" -m pip install -q --no-deps --force-reinstall "$WHEEL"
 "$ENV_PY" -c "import knnspark, numpy, pyarrow, scipy, datasketch; print('[build-env] ok:', knnspark.__version__)" >&2
 
 rm -f "$OUT/knnspark-env.tar.gz"
-"$WORK/env/bin/venv-pack" -q -p "$WORK/env" -o "$OUT/knnspark-env.tar.gz" \
+"$ENV_DIR/bin/venv-pack" -q -p "$ENV_DIR" -o "$OUT/knnspark-env.tar.gz" --compress-level 1 \
   --exclude 'bin/venv-pack' --exclude 'lib/python*/site-packages/venv_pack*' \
-  --exclude 'lib/python*/site-packages/pip/*' --exclude 'lib/python*/site-packages/pip-*'
+  --exclude 'lib/python*/site-packages/pip/*' --exclude 'lib/python*/site-packages/pip-*' \
+  --exclude '.deps-installed'
 ls -l "$OUT/knnspark-env.tar.gz" "$WHEEL" >&2
 echo "$OUT/knnspark-env.tar.gz"

@@ -35,6 +35,7 @@ _JOB_KEYS = (
     "driver_memory",
     "show",
     "conf",
+    "table",
 )
 _JOB_DEFAULTS: dict[str, Any] = {
     "input_format": "parquet",
@@ -45,6 +46,7 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "master": None,
     "driver_memory": "4g",
     "show": 0,
+    "table": None,
 }
 
 
@@ -124,13 +126,19 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="Spark master of a local run (default local[*]; under spark-submit only if given)",
     )
     p.add_argument("--driver-memory", help="driver memory of a local embedded Spark (default 4g)")
+    p.add_argument(
+        "--table",
+        help="also register/refresh the output as catalog table [db.]name (external Parquet "
+        "table at --output; needs a persistent metastore to outlive the job)",
+    )
     p.add_argument("--show", type=int, help="print the neighbours of this many items at the end")
     p.add_argument(
         "--conf",
         action="append",
         metavar="KEY=VALUE",
-        help="extra Spark setting for a local run, repeatable (e.g. spark.executor.pyspark."
-        "memory=1g); under spark-submit pass --conf to spark-submit instead",
+        help="extra Spark setting, repeatable (e.g. spark.executor.pyspark.memory=1g); under "
+        "spark-submit only runtime SQL settings (spark.sql.*) take effect: pass the others to "
+        "spark-submit",
     )
 
 
@@ -212,6 +220,14 @@ def _resolve_output(job: dict[str, Any]) -> None:
         job["mode"] = "overwrite" if date is not None else "error"
 
 
+def _worker_python(spark: Any) -> str | None:
+    """The interpreter Python workers run (which environment the executors really used)."""
+    try:
+        return spark.sparkContext.parallelize([0], 1).map(lambda _: sys.executable).first()
+    except Exception:  # noqa: BLE001 - the manifest must not fail a finished run
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     from knnspark import io
     from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
@@ -226,6 +242,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     target = io.partition_path(job["output"], job["partition_date"])
     io.check_output(spark, target, job["mode"])
+    if job["table"]:
+        io.check_table_name(job["table"])
     rejected_target = None
     if config.on_invalid == "skip":
         rejected_root = job.get("rejected_output") or job["output"].rstrip("/") + "_rejected"
@@ -236,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
     report = result.report
     write_start = time.perf_counter()
     log.info("stage write started: %s", target)
-    spark.sparkContext.setJobDescription("knnspark: write")
+    spark.sparkContext.setJobGroup("knnspark-write", "knnspark: write")
     if rejected_target is not None and result.rejected is not None:
         io.publish_table(
             spark,
@@ -253,6 +271,7 @@ def _run(args: argparse.Namespace) -> int:
     def make_manifest(staging: str) -> dict[str, Any]:
         report.timings["write"] = time.perf_counter() - write_start
         report.counts["n_output_rows"] = spark.read.parquet(staging).count()
+        report.stage_rows["write"] = report.counts["n_output_rows"]
         return {
             "knnspark_version": __version__,
             "started_at": started.isoformat(),
@@ -272,12 +291,15 @@ def _run(args: argparse.Namespace) -> int:
                 "version": spark.version,
                 "master": spark.sparkContext.master,
                 "default_parallelism": spark.sparkContext.defaultParallelism,
+                "worker_python": _worker_python(spark),
             },
             **report.to_dict(),
         }
 
     manifest_path = io.publish_table(spark, result.table, target, job["mode"], make_manifest)
     log.info("stage write done in %.1fs", report.timings["write"])
+    if job["table"]:  # "" (e.g. an unset Airflow Variable) means no table
+        io.register_table(spark, job["table"], job["output"], job["partition_date"] is not None)
     recall = report.recall
     summary = {
         "output": target,

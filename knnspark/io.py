@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,9 +25,11 @@ __all__ = [
     "MANIFEST_NAME",
     "WRITE_MODES",
     "check_output",
+    "check_table_name",
     "partition_path",
     "publish_table",
     "read_input",
+    "register_table",
 ]
 
 log = logging.getLogger("knnspark")
@@ -145,3 +148,33 @@ def publish_table(
     fs.delete(staging_root)
     log.info("published %s", target)
     return f"{target}/{MANIFEST_NAME}"
+
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def check_table_name(name: str) -> None:
+    """Reject a ``--table`` value that is not ``name`` or ``db.name`` (before any work runs)."""
+    if not _TABLE_NAME.match(name):
+        raise OutputError(f"--table {name!r} is not a table name like db.name or name")
+
+
+def register_table(spark: SparkSession, name: str, location: str, partitioned: bool) -> None:
+    """Create or refresh a catalog table ``[db.]name`` over the published output.
+
+    The table is *external* (``USING parquet LOCATION``): the data stays where the job published
+    it atomically, and the catalog only points at it, so registering never rewrites or exposes a
+    half-written table. With date partitions, the partitions on storage are (re)discovered so a
+    new or rerun ``dt=`` is visible at once. Needs a persistent catalog (a Hive metastore, Unity,
+    Glue) to outlive the job.
+    """
+    check_table_name(name)
+    if "." in name:
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{name.split('.')[0]}`")
+    quoted = ".".join(f"`{part}`" for part in name.split("."))
+    if not spark.catalog.tableExists(name):
+        spark.catalog.createTable(name, path=location, source="parquet")
+        log.info("registered table %s at %s", name, location)
+    if partitioned:
+        spark.sql(f"MSCK REPAIR TABLE {quoted}")
+    spark.sql(f"REFRESH TABLE {quoted}")

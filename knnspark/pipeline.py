@@ -683,7 +683,7 @@ def _kmeans_candidates(
 ) -> tuple[DataFrame, int, list[DataFrame]]:
     n, dim = prep.n_items, prep.dim
     n_clusters = config.resolve_n_clusters(n)
-    with stage(spark, report, "kmeans") as info:
+    with stage(spark, report, "sample") as info:
         sample_size = config.resolve_sample_size(n, n_clusters)
         # Seeded hash of the key, not DataFrame.sample: the sample must not depend on how the
         # input is partitioned, or two runs over the same table would differ.
@@ -696,7 +696,9 @@ def _kmeans_candidates(
             prep,
         )
         info["rows"] = len(x)
+    with stage(spark, report, "kmeans") as info:
         n_clusters = max(1, min(n_clusters, len(x)))
+        info["rows"] = n_clusters
         centroids = fit_spherical_kmeans(x, n_clusters, n_iter=config.kmeans_iter, seed=config.seed)
     n_probe = config.resolve_n_probe(n_clusters)
     with stage(spark, report, "assign") as info:

@@ -24,12 +24,14 @@ class RunReport:
         self.counts: dict[str, Any] = {}
         self.resolved: dict[str, Any] = {}
         self.recall: dict[str, Any] | None = None
+        self.stage_rows: dict[str, int] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "resolved": self.resolved,
             "counts": self.counts,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "stage_rows": dict(self.stage_rows),
             "recall": self.recall,
         }
 
@@ -71,11 +73,13 @@ def stage(
 ) -> Iterator[dict[str, Any]]:
     """Time a pipeline stage, name its Spark jobs, log start/end and progress.
 
-    Yields a dict the caller may fill with ``rows`` (logged at the end).
+    The stage's Spark jobs get the job group ``knnspark-<name>`` and description
+    ``knnspark: <name>``, so the Spark UI's job list reads like the pipeline. Yields a dict the
+    caller may fill with ``rows`` (logged at the end and kept in the manifest's ``stage_rows``).
     """
     info: dict[str, Any] = {}
     sc = spark.sparkContext
-    sc.setJobDescription(f"knnspark: {name}")
+    sc.setJobGroup(f"knnspark-{name}", f"knnspark: {name}")
     log.info("stage %s started", name)
     started = time.perf_counter()
     beat = _Heartbeat(spark, name, started, heartbeat_s)
@@ -86,6 +90,9 @@ def stage(
         beat.stop()
         elapsed = time.perf_counter() - started
         report.timings[name] = report.timings.get(name, 0.0) + elapsed
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         sc.setJobDescription(None)  # type: ignore[arg-type]
+        if "rows" in info:
+            report.stage_rows[name] = int(info["rows"])
         rows = f", {info['rows']:,} rows" if "rows" in info else ""
         log.info("stage %s done in %.1fs%s", name, elapsed, rows)

@@ -100,7 +100,7 @@ demo() {
 
 run_tests() {
   setup
-  "$VENV/bin/ruff" check knnspark jobs tests scripts
+  "$VENV/bin/ruff" check knnspark jobs tests scripts deploy
   "$VENV/bin/python" -m pytest -q "$@"
 }
 

@@ -127,10 +127,15 @@ def test_shipped_configs_load(tmp_path):
     from knnspark import cli
 
     confs = sorted((Path(__file__).resolve().parents[1] / "conf").glob("*.toml"))
-    assert confs
+    assert {c.stem for c in confs} >= {"local", "small-cluster", "large-cluster"}
     for conf in confs:
         args = cli.build_parser().parse_args(
             ["run", "--config", str(conf), "--input", "in", "--output", "out"]
         )
         job, config = cli.resolve_run_args(args)
         assert job["input"] == "in" and config.k >= 1
+        spark_conf = cli._spark_conf(job["conf"])
+        # Each names its partitions and Arrow batch size; BLAS threads are set per worker.
+        assert "spark.sql.shuffle.partitions" in spark_conf, conf
+        assert "spark.sql.execution.arrow.maxRecordsPerBatch" in spark_conf, conf
+        assert "OPENBLAS_NUM_THREADS" in conf.read_text(), conf
