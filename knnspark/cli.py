@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _generate_parser(sub)
+    from knnspark import bench
+
+    bench.add_parser(sub)
     return parser
 
 
@@ -363,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "bench":
+            from knnspark import bench
+
+            return bench.run_from_args(args)
         return _generate(args)
     except KnnsparkError as exc:
         log.error("%s: %s", type(exc).__name__, exc)

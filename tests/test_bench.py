@@ -1,0 +1,50 @@
+"""The benchmark harness scores tools honestly: its recall, self handling and skip notes."""
+
+import json
+
+import numpy as np
+
+from knnspark import bench
+
+
+def test_recall_is_tie_aware_and_counts_self_and_padding_as_misses():
+    x = np.array([[1, 0], [1, 0.01], [1, 0.02], [0, 1], [1, 0.01]], dtype=np.float32)
+    rows = np.array([0])
+    kth = bench.exact_kth_scores(x, rows, 2)
+    # Rows 1 and 4 are identical (a tie): either order is right.
+    assert bench.recall_at_k(x, rows, np.array([[4, 1]]), kth, 2) == 1.0
+    assert bench.recall_at_k(x, rows, np.array([[1, 3]]), kth, 2) == 0.5  # 3 is far away
+    assert bench.recall_at_k(x, rows, np.array([[0, 1]]), kth, 2) == 0.5  # self is a miss
+    assert bench.recall_at_k(x, rows, np.array([[1, -1]]), kth, 2) == 0.5  # padding too
+
+
+def test_drop_self_keeps_k_other_items():
+    idx = np.array([[0, 5, 6], [7, 1, 8], [4, 9, 2]])
+    assert bench._drop_self(idx, 2).tolist() == [[5, 6], [7, 8], [4, 9]]
+
+
+def test_numpy_exact_peer_matches_brute_force():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    idx, _ = bench._numpy_exact(x, 5)
+    rows = np.arange(300)
+    kth = bench.exact_kth_scores(x, rows, 5)
+    assert bench.recall_at_k(x, rows, idx, kth, 5) == 1.0
+
+
+def test_run_bench_reports_and_skips_missing_peers(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        bench.PEERS, "missing_peer", ("knnspark_no_such_module", bench._numpy_exact, {})
+    )
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    results = bench.run_bench(x, ["numpy_exact", "missing_peer"], 5, 100, tmp_path, seed=3)
+    by_tool = {r.tool: r for r in results}
+    ok = by_tool["numpy_exact"]
+    assert ok.status == "ok" and ok.recall == 1.0 and ok.wall_s > 0 and ok.peak_rss_mb > 0
+    assert by_tool["missing_peer"].status == "skipped"
+    assert "not installed" in by_tool["missing_peer"].note
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["n"] == 400 and report["n_sample"] == 100
+    table = (tmp_path / "results.md").read_text()
+    assert "| numpy_exact |" in table and "skipped" in table
