@@ -144,11 +144,17 @@ def _pynndescent(x: np.ndarray, k: int, seed: int = 0, **_: Any) -> tuple[np.nda
     from pynndescent import NNDescent
 
     u = _unit(x)
-    idx = NNDescent(u, metric="cosine", n_neighbors=k + 1, random_state=seed).neighbor_graph[0]
+    # PyNNDescent's default graph degree (30), cut to k: asking for only k + 1 neighbours makes
+    # its search much weaker (recall 0.90 instead of 0.98 on the shared word embeddings).
+    n_neighbors = max(30, k + 1)
+    graph = NNDescent(u, metric="cosine", n_neighbors=n_neighbors, random_state=seed)
+    idx = graph.neighbor_graph[0][:, : k + 1]
     # A second call in the same process: no compilation, the warm figure.
     t0 = time.perf_counter()
-    _ = NNDescent(u, metric="cosine", n_neighbors=k + 1, random_state=seed + 1).neighbor_graph
-    return _drop_self(idx, k), {"warm_s": round(time.perf_counter() - t0, 2)}
+    again = NNDescent(u, metric="cosine", n_neighbors=n_neighbors, random_state=seed + 1)
+    _ = again.neighbor_graph
+    warm = round(time.perf_counter() - t0, 2)
+    return _drop_self(idx, k), {"warm_s": warm, "n_neighbors": n_neighbors}
 
 
 def _mllib_lsh(x: np.ndarray, k: int, seed: int = 0, **_: Any) -> tuple[np.ndarray, dict]:
@@ -200,6 +206,8 @@ KNNSPARK: dict[str, list[str]] = {
     "knnspark_kmeans_p20": ["--n-probe", "20"],
     "knnspark_kmeans_p40": ["--n-probe", "40"],
     "knnspark_lsh": ["--method", "lsh"],
+    "knnspark_target_095": ["--target-recall", "0.95"],
+    "knnspark_target_098": ["--target-recall", "0.98"],
 }
 
 TOOLS = [*KNNSPARK, *PEERS]
@@ -350,6 +358,10 @@ def run_bench(
                 idx = np.load(out)
                 res.extra = json.loads(Path(str(out) + ".json").read_text())
                 res.warm_s = res.extra.pop("warm_s", None)
+                if res.warm_s is not None:
+                    # The child re-ran the tool in-process after writing its answer: not fresh.
+                    res.wall_s = round(wall - res.warm_s, 1)
+                    res.note = "warm = a second call in the same process"
                 res.rows = len(idx)
             small = tool.startswith("mllib")
             r, kt = (rows_small, kth_small) if small else (rows, kth)

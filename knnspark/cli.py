@@ -79,6 +79,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="similarity the LSH S-curve is centred on (default: measured from a sample)",
     )
     p.add_argument("--n-probe", type=int, help="buckets each item queries (default: automatic)")
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        help="choose n_probe as the smallest reaching this recall@k on a sample (k-means)",
+    )
     p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
     p.add_argument(
         "--target-bucket-size", type=int, help="items per bucket for automatic n_clusters"

@@ -50,6 +50,15 @@ class KnnConfig:
     n_probe : int or None
         Buckets each item queries (its own included); ``None``: 10, or every bucket when there
         are fewer (see :meth:`resolve_n_probe`).
+    target_recall : float or None
+        Choose ``n_probe`` (k-means) as the smallest whose recall@k reaches this on a sample,
+        at the lower end of a 95% interval: the exact top-k of ``tune_sample`` items is computed
+        first, and the probes each true pair needs are counted against the trained centroids
+        (no trial runs). Exclusive with
+        ``n_probe``; the manifest reports the estimate it was chosen on and, as always, the
+        measured recall.
+    tune_sample : int
+        Items whose exact top-k tunes ``n_probe`` for ``target_recall``.
     reverse_candidates : bool
         Also give each bucket member its best queries of the bucket (computed from the same
         score matrix): a pair is then found when *either* item probes the other's bucket. Costs
@@ -108,6 +117,8 @@ class KnnConfig:
     n_clusters: int | None = None
     target_bucket_size: int = 1000
     n_probe: int | None = None
+    target_recall: float | None = None
+    tune_sample: int = 1000
     reverse_candidates: bool = True
     kmeans_iter: int = 20
     kmeans_sample_size: int | None = None
@@ -136,6 +147,10 @@ class KnnConfig:
             raise ConfigError(
                 "metric='jaccard' works with method 'lsh' (MinHash) or 'exact', not 'kmeans' "
                 "(k-means needs dense vectors); pass --method lsh"
+            )
+        if self.target_recall is not None and self.n_probe is not None:
+            raise ConfigError(
+                "set n_probe or target_recall, not both (target_recall chooses n_probe)"
             )
         if (self.n_tables is None) != (self.n_bits is None):
             raise ConfigError(
@@ -219,6 +234,8 @@ _CONSTRAINTS = {
     "n_clusters": _int_range(1, optional=True),
     "target_bucket_size": _int_range(2),
     "n_probe": _int_range(1, optional=True),
+    "target_recall": _open_unit,
+    "tune_sample": _int_range(10, 100_000),
     "reverse_candidates": lambda v: None if isinstance(v, bool) else "must be true or false",
     "kmeans_iter": _int_range(1, 1000),
     "kmeans_sample_size": _int_range(1, optional=True),

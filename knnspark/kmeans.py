@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["fit_spherical_kmeans", "nearest_centroids"]
+__all__ = ["fit_spherical_kmeans", "nearest_centroids", "probe_recall_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +116,61 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.
     cand_sims = np.take_along_axis(sims, cand, axis=1)
     order = np.lexsort((cand, -cand_sims), axis=1)
     return np.take_along_axis(cand, order, axis=1).astype(np.int32)
+
+
+def probe_recall_curve(
+    queries: np.ndarray,
+    neighbors: np.ndarray,
+    centroids: np.ndarray,
+    *,
+    reverse: bool = True,
+    per_item: bool = False,
+) -> np.ndarray:
+    """Share of true neighbour pairs the bucket scheme finds, for every ``n_probe``.
+
+    A pair (item i, true neighbour j) is found with ``n_probe = p`` when j's member cluster is
+    among i's ``p`` nearest centroids or, with reverse candidates, i's member cluster is among
+    j's ``p`` nearest. Splitting buckets never loses a pair and items short of k are searched
+    exactly, so this is what the run's recall will be, up to sampling noise (a little more,
+    from the exact fill).
+
+    Parameters
+    ----------
+    queries : ndarray of shape (s, d)
+        Unit vectors of sampled items.
+    neighbors : ndarray of shape (s, k, d)
+        Unit vectors of each sampled item's exact top-k.
+    centroids : ndarray of shape (n_clusters, d)
+    reverse : bool
+        Whether the run uses reverse candidates.
+    per_item : bool
+        Return each sampled item's curve instead of the pooled one (for a confidence bound).
+
+    Returns
+    -------
+    ndarray of shape (n_clusters,) or (s, n_clusters), float64
+        Entry ``p - 1`` is the estimated recall at ``n_probe = p``; non-decreasing, 1.0 at the end.
+    """
+    s, k, d = neighbors.shape
+    n_c = centroids.shape[0]
+    if s == 0 or k == 0:
+        return np.ones((s, n_c)) if per_item else np.ones(n_c)
+    order_q = nearest_centroids(queries, centroids, n_c)  # (s, n_c), best first
+    order_n = nearest_centroids(neighbors.reshape(s * k, d), centroids, n_c)
+    rank_q = np.empty_like(order_q)
+    np.put_along_axis(rank_q, order_q, np.arange(n_c, dtype=np.int32)[None, :], axis=1)
+    rank_n = np.empty_like(order_n)
+    np.put_along_axis(rank_n, order_n, np.arange(n_c, dtype=np.int32)[None, :], axis=1)
+    member_n = order_n[:, 0].reshape(s, k)
+    # Probes item i needs to reach j's cluster (0-based rank), and the reverse direction.
+    need = np.take_along_axis(rank_q, member_n, axis=1)
+    if reverse:
+        back = rank_n[np.arange(s * k), np.repeat(order_q[:, 0], k)].reshape(s, k)
+        need = np.minimum(need, back)
+    if per_item:
+        # (s, n_c): share of each item's pairs needing fewer than p probes, for p = 1..n_c.
+        hist = np.zeros((s, n_c), dtype=np.int64)
+        np.add.at(hist, (np.repeat(np.arange(s), k), need.ravel()), 1)
+        return np.cumsum(hist, axis=1) / k
+    counts = np.bincount(need.ravel(), minlength=n_c)
+    return np.cumsum(counts) / need.size

@@ -26,7 +26,7 @@ from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
 from knnspark.jaccard import Sets, jaccard_scores
-from knnspark.kmeans import fit_spherical_kmeans
+from knnspark.kmeans import fit_spherical_kmeans, probe_recall_curve
 from knnspark.lsh import (
     hyperplane_collision,
     jaccard_collision,
@@ -142,7 +142,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         elif config.method == "lsh":
             cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
         else:
-            cands, max_rows, staged = _kmeans_candidates(spark, prep, config, report)
+            cands, max_rows, staged = _kmeans_candidates(spark, prep, config, report, kk)
         merged = _merge(spark, cands, max_rows, config, report)
         for df_ in staged:
             df_.unpersist()
@@ -678,8 +678,66 @@ def _lsh_candidates(
     return cands, max_rows, [coded]
 
 
+def _tune_n_probe(
+    spark: SparkSession,
+    prep: Prepared,
+    config: KnnConfig,
+    report: RunReport,
+    centroids: np.ndarray,
+    kk: int,
+) -> int:
+    """Smallest n_probe whose estimated recall@k reaches ``config.target_recall``.
+
+    The exact top-k of a seeded sample (its own seed, so the recall report stays an independent
+    check) is computed by one scan; then :func:`probe_recall_curve` counts, for every n_probe at
+    once, the true pairs the buckets would find.
+    """
+    with stage(spark, report, "tune") as info:
+        sample = (
+            prep.data.withColumn("_h", F.xxhash64("key", F.lit(config.seed + 3)))
+            .orderBy("_h", "key")
+            .limit(min(config.tune_sample, prep.n_items))
+        )
+        keys, vecs = _collect_items(sample, prep)
+        nbr, _ = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
+        want = np.unique(nbr[nbr >= 0])
+        key_df = spark.createDataFrame(pa.table({"key": want}), "key long")
+        nkeys, nvecs = _collect_items(prep.data.join(F.broadcast(key_df), on="key"), prep)
+        full = np.all(nbr >= 0, axis=1)
+        pos = np.searchsorted(nkeys, nbr[full])
+        per_item = probe_recall_curve(
+            vecs[full], nvecs[pos], centroids, reverse=config.reverse_candidates, per_item=True
+        )
+        curve = per_item.mean(axis=0)
+        # Aim the lower end of a 95% interval at the target, not the point estimate: a user who
+        # asks for 0.95 should not get 0.94 because of which items happened to be sampled.
+        se = per_item.std(axis=0) / math.sqrt(max(len(per_item), 1))
+        low = curve - 1.96 * se
+        n_probe = min(int(np.argmax(low >= config.target_recall)) + 1, len(centroids))
+        if not np.any(low >= config.target_recall):
+            n_probe = len(centroids)
+        info["rows"] = len(keys)
+    estimate = float(curve[n_probe - 1])
+    report.resolved.update(
+        target_recall=config.target_recall,
+        tuned_recall_estimate=round(estimate, 4),
+        tuned_recall_ci95_low=round(float(low[n_probe - 1]), 4),
+        tune_sample=int(full.sum()),
+        # The estimate at n_probe = 1, 2, ... (the first 100).
+        tune_curve=[round(float(v), 4) for v in curve[:100]],
+    )
+    log.info(
+        "target recall %.3f: n_probe %d (estimated recall %.4f on %d sampled items)",
+        config.target_recall,
+        n_probe,
+        estimate,
+        int(full.sum()),
+    )
+    return n_probe
+
+
 def _kmeans_candidates(
-    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
 ) -> tuple[DataFrame, int, list[DataFrame]]:
     n, dim = prep.n_items, prep.dim
     n_clusters = config.resolve_n_clusters(n)
@@ -700,7 +758,10 @@ def _kmeans_candidates(
         n_clusters = max(1, min(n_clusters, len(x)))
         info["rows"] = n_clusters
         centroids = fit_spherical_kmeans(x, n_clusters, n_iter=config.kmeans_iter, seed=config.seed)
-    n_probe = config.resolve_n_probe(n_clusters)
+    if config.target_recall is not None:
+        n_probe = _tune_n_probe(spark, prep, config, report, centroids, kk)
+    else:
+        n_probe = config.resolve_n_probe(n_clusters)
     with stage(spark, report, "assign") as info:
         bc = spark.sparkContext.broadcast(centroids)
 

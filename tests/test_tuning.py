@@ -1,0 +1,65 @@
+"""--target-recall: the probe/recall curve against a direct count, and a tuned run on Spark."""
+
+import numpy as np
+import pytest
+
+from knnspark.config import KnnConfig
+from knnspark.errors import ConfigError
+from knnspark.kmeans import nearest_centroids, probe_recall_curve
+from knnspark.pipeline import compute_neighbors
+from tests.conftest import to_df
+from tests.oracle import brute_force_topk
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+def test_probe_recall_curve_counts_what_the_buckets_find(reverse):
+    rng = np.random.default_rng(0)
+    x = _unit(rng.standard_normal((400, 6)))
+    centroids = _unit(rng.standard_normal((12, 6)))
+    keys = np.arange(400)
+    nbr, _, _ = brute_force_topk(x, keys, 5)
+    curve = probe_recall_curve(x, x[nbr], centroids, reverse=reverse)
+    assert curve.shape == (12,) and curve[-1] == 1.0 and np.all(np.diff(curve) >= 0)
+    member = nearest_centroids(x, centroids, 1)[:, 0]
+    for p in (1, 3, 7):
+        probes = nearest_centroids(x, centroids, p)
+        found = [
+            member[j] in probes[i] or (reverse and member[i] in probes[j])
+            for i in range(400)
+            for j in nbr[i]
+        ]
+        assert curve[p - 1] == pytest.approx(np.mean(found))
+    items = probe_recall_curve(x, x[nbr], centroids, reverse=reverse, per_item=True)
+    assert items.shape == (400, 12)
+    np.testing.assert_allclose(items.mean(axis=0), curve)
+
+
+def test_target_recall_picks_the_smallest_n_probe_that_reaches_it(spark, clustered):
+    keys, x = clustered
+    cfg = KnnConfig(k=10, target_bucket_size=150, target_recall=0.97, recall_sample=300, seed=3)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    res = result.report.resolved
+    assert res["tuned_recall_ci95_low"] >= 0.97
+    assert res["tuned_recall_estimate"] >= res["tuned_recall_ci95_low"]
+    assert 1 <= res["n_probe"] < res["n_clusters"]
+    # One probe fewer would not have reached the target (the choice is the smallest).
+    curve = res["tune_curve"]  # estimate at n_probe = 1, 2, ...
+    assert curve[res["n_probe"] - 1] == res["tuned_recall_estimate"]
+    # The run's recall, measured against the numpy oracle, meets the target (sampling slack).
+    t = result.table.toArrow()
+    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
+    got = t.column("score").to_numpy()[order].reshape(-1, 10)
+    _, want, _ = brute_force_topk(x, keys, 10)
+    recall = float(np.mean(got >= want[np.argsort(keys)][:, -1:] - 1e-6))
+    assert recall >= 0.96, recall
+
+
+def test_target_recall_and_n_probe_are_exclusive():
+    with pytest.raises(ConfigError, match="not both"):
+        KnnConfig(target_recall=0.9, n_probe=4)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        KnnConfig(target_recall=1.0)
