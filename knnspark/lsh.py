@@ -52,9 +52,11 @@ def jaccard_collision(s: np.ndarray | float) -> np.ndarray:
     return np.asarray(s, dtype=np.float64)
 
 
-def candidate_probability(p: np.ndarray, n_tables: int, n_bits: int) -> np.ndarray:
+def candidate_probability(
+    p: np.ndarray, n_tables: int | np.ndarray, n_bits: int | np.ndarray
+) -> np.ndarray:
     """S-curve: probability of sharing a bucket in at least one of ``n_tables`` tables of
-    ``n_bits`` hashes each, given the per-hash agreement probability ``p``."""
+    ``n_bits`` hashes each, given the per-hash agreement probability ``p`` (all broadcast)."""
     return 1.0 - (1.0 - np.asarray(p, dtype=np.float64) ** n_bits) ** n_tables
 
 
@@ -112,9 +114,8 @@ def optimal_params(
     for r in range(1, min(max_per_table, max_hashes) + 1):
         b = np.arange(1, max_hashes // r + 1)
         # (n_b, grid) S-curves for every table count at once.
-        fp_curve = 1.0 - (1.0 - p_low[None, :] ** r) ** b[:, None]
-        fn_curve = (1.0 - p_high[None, :] ** r) ** b[:, None]
-        fp = np.trapezoid(fp_curve, s_low, axis=1)
+        fp = np.trapezoid(candidate_probability(p_low[None, :], b[:, None], r), s_low, axis=1)
+        fn_curve = 1.0 - candidate_probability(p_high[None, :], b[:, None], r)
         fn = np.trapezoid(fn_curve, s_high, axis=1)
         err = false_positive_weight * fp + false_negative_weight * fn
         if random_pair_p is not None and len(random_pair_p):

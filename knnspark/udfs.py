@@ -96,13 +96,6 @@ def list_to_sets(arr: pa.Array | pa.ChunkedArray) -> Sets:
     return Sets(indptr, tokens)
 
 
-def sets_to_list(sets: Sets) -> pa.ListArray:
-    """:class:`~knnspark.jaccard.Sets` as an Arrow ``list<int64>`` array."""
-    return pa.ListArray.from_arrays(
-        pa.array(sets.indptr.astype(np.int32)), pa.array(sets.tokens, type=pa.int64())
-    )
-
-
 def column_items(arr: pa.Array | pa.ChunkedArray, metric: str, dim: int) -> np.ndarray | Sets:
     """A ``vec`` column as the kernel's input: a float32 matrix (cosine) or :class:`Sets`."""
     return list_to_sets(arr) if metric == "jaccard" else list_to_matrix(arr, dim)
