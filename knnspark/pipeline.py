@@ -561,12 +561,7 @@ def _lsh_sample(
     items have their whole true top-k above it) and the similarities of the sample's pairs (a
     sample of random pairs, for the expected-candidates estimate).
     """
-    sample = (
-        prep.data.withColumn("_h", F.xxhash64("key", F.lit(config.seed + 2)))
-        .orderBy("_h", "key")
-        .limit(min(_THRESHOLD_SAMPLE, prep.n_items))
-    )
-    keys, items = _collect_items(sample, prep)
+    keys, items = _hash_sample(prep, config.seed + 2, _THRESHOLD_SAMPLE)
     if prep.metric == "jaccard":
         pair = jaccard_scores(items, items)
     else:
@@ -693,12 +688,7 @@ def _tune_n_probe(
     once, the true pairs the buckets would find.
     """
     with stage(spark, report, "tune") as info:
-        sample = (
-            prep.data.withColumn("_h", F.xxhash64("key", F.lit(config.seed + 3)))
-            .orderBy("_h", "key")
-            .limit(min(config.tune_sample, prep.n_items))
-        )
-        keys, vecs = _collect_items(sample, prep)
+        keys, vecs = _hash_sample(prep, config.seed + 3, config.tune_sample)
         nbr, _ = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
         want = np.unique(nbr[nbr >= 0])
         key_df = spark.createDataFrame(pa.table({"key": want}), "key long")
@@ -903,6 +893,18 @@ def _collect_items(df: DataFrame, prep: Prepared) -> tuple[np.ndarray, Any]:
     return keys[order].astype(np.int64), items
 
 
+def _hash_sample(prep: Prepared, seed: int, n: int) -> tuple[np.ndarray, Any]:
+    """The ``n`` items with the smallest seeded hash of their key, collected by
+    :func:`_collect_items`: a sample that depends on the data and seed alone, not on how the
+    input is partitioned. Each use passes its own seed, so samples stay independent."""
+    sample = (
+        prep.data.withColumn("_h", F.xxhash64("key", F.lit(seed)))
+        .orderBy("_h", "key")
+        .limit(min(n, prep.n_items))
+    )
+    return _collect_items(sample, prep)
+
+
 def _fill_short_items(
     spark: SparkSession,
     merged: DataFrame,
@@ -953,13 +955,7 @@ def _estimate_recall(
     kk: int,
 ) -> dict[str, Any]:
     with stage(spark, report, "recall") as info:
-        n_sample = min(config.recall_sample, prep.n_items)
-        sample = (
-            prep.data.withColumn("_h", F.xxhash64("key", F.lit(config.seed + 1)))
-            .orderBy("_h", "key")
-            .limit(n_sample)
-        )
-        keys, vecs = _collect_items(sample, prep)
+        keys, vecs = _hash_sample(prep, config.seed + 1, config.recall_sample)
         info["rows"] = len(keys)
         _, exact_scores = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
         key_df = spark.createDataFrame(pa.table({"key": keys}), "key long")

@@ -355,30 +355,23 @@ def _one_bucket_topk(
 ) -> pa.Table:
     keys = _column(table, "key").to_numpy().astype(np.int64)
     role = _column(table, "role").to_numpy()
-    is_m = (role & ROLE_MEMBER) > 0
-    is_q = (role & ROLE_QUERY) > 0
+    q_rows = np.nonzero(role & ROLE_QUERY)[0]
+    m_rows = np.nonzero(role & ROLE_MEMBER)[0]
+    items = column_items(_column(table, "vec"), metric, dim)
+    queries, members = take_items(items, q_rows), take_items(items, m_rows)
     if metric == "jaccard":
-        sets = list_to_sets(_column(table, "vec"))
-        m_rows, q_rows = np.nonzero(is_m)[0], np.nonzero(is_q)[0]
         nbr, score = topk_jaccard(
-            sets.take(q_rows), keys[q_rows], sets.take(m_rows), keys[m_rows], k,
+            queries, keys[q_rows], members, keys[m_rows], k, block_bytes=block_bytes
+        )
+        parts = [(keys[q_rows], nbr, score)]
+    else:
+        res = kernel.bucket_topk_cosine(
+            queries, keys[q_rows], members, keys[m_rows], k, reverse=reverse,
             block_bytes=block_bytes,
         )  # fmt: skip
-        valid = nbr >= 0
-        return pa.table(
-            {
-                "key": np.broadcast_to(keys[q_rows][:, None], nbr.shape)[valid],
-                "nbr": nbr[valid],
-                "score": score[valid].astype(np.float32),
-            }
-        )
-    x = list_to_matrix(_column(table, "vec"), dim)
-    res = kernel.bucket_topk_cosine(
-        x[is_q], keys[is_q], x[is_m], keys[is_m], k, reverse=reverse, block_bytes=block_bytes
-    )
-    parts = [(keys[is_q], res.neighbor_keys, res.scores)]
-    if reverse:
-        parts.append((res.member_keys, res.reverse_keys, res.reverse_scores))
+        parts = [(keys[q_rows], res.neighbor_keys, res.scores)]
+        if reverse:
+            parts.append((res.member_keys, res.reverse_keys, res.reverse_scores))
     rows, nbrs, scores = [], [], []
     for owners, nbr, score in parts:
         valid = nbr >= 0
