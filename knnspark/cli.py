@@ -82,7 +82,18 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target-recall",
         type=float,
-        help="choose n_probe as the smallest reaching this recall@k on a sample (k-means)",
+        help="reach this recall@k on a sample (k-means): chooses n_probe and n_refine",
+    )
+    p.add_argument(
+        "--n-refine",
+        type=int,
+        help="neighbour-of-neighbour refinement rounds of the in-memory k-means plan (default 2)",
+    )
+    p.add_argument(
+        "--broadcast-max-mb",
+        type=int,
+        help="largest vector table (n x dim x 4 bytes, in MB) searched in memory by every "
+        "Python worker; larger ones are shuffled (default 512, 0 = always shuffle)",
     )
     p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
     p.add_argument(

@@ -22,6 +22,7 @@ METHODS = ("kmeans", "lsh", "exact")
 METRICS = ("cosine", "jaccard")
 ON_INVALID = ("error", "skip")
 DEFAULT_N_PROBE = 10
+DEFAULT_N_REFINE = 2
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,14 @@ class KnnConfig:
         Buckets each item queries (its own included); ``None``: 10, or every bucket when there
         are fewer (see :meth:`resolve_n_probe`).
     target_recall : float or None
-        Choose ``n_probe`` (k-means) as the smallest whose recall@k reaches this on a sample,
-        at the lower end of a 95% interval: the exact top-k of ``tune_sample`` items is computed
-        first, and the probes each true pair needs are counted against the trained centroids
-        (no trial runs). Exclusive with
-        ``n_probe``; the manifest reports the estimate it was chosen on and, as always, the
-        measured recall.
+        Reach this recall@k (k-means) at the lower end of a 95% interval on a sample whose exact
+        top-k is computed first. In-memory plan: start from the ``n_probe`` whose probing alone
+        misses at most five times what the target allows, then add refinement rounds, and
+        double ``n_probe`` when rounds stop paying, checking the sample after every step.
+        Shuffle plan: the smallest ``n_probe`` whose estimated recall reaches the target (the
+        probes each true pair needs are counted against the trained centroids; no trial runs).
+        Exclusive with ``n_probe`` and ``n_refine``; the manifest reports the estimate it was
+        chosen on and, as always, the recall measured on an independent sample.
     tune_sample : int
         Items whose exact top-k tunes ``n_probe`` for ``target_recall``.
     reverse_candidates : bool
@@ -96,6 +99,15 @@ class KnnConfig:
         candidate cap already bounds what false positives cost.
     n_perm : int
         MinHash permutations per item (Jaccard): the budget ``n_tables * n_bits`` must fit in.
+    n_refine : int or None
+        Refinement rounds of the in-memory plan: each item re-scores its neighbours' neighbours
+        and the items that list it, keeping the best ``k`` (the NN-descent idea). ``None``: 2.
+    broadcast_max_mb : int
+        The k-means search holds every unit vector in each Python worker (the in-memory plan)
+        when ``n_items x dim x 4`` bytes fit this budget; larger tables use the shuffle plan
+        (query vectors shipped to the buckets they probe, candidates merged by a shuffle).
+        0 always shuffles. Each Python worker needs about this much memory on top of its usual
+        share, the driver about twice it.
     on_invalid : {"error", "skip"}
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
@@ -132,6 +144,8 @@ class KnnConfig:
     lsh_max_candidates: int = 10_000
     lsh_false_negative_weight: float = 0.99
     n_perm: int = 128
+    n_refine: int | None = None
+    broadcast_max_mb: int = 512
     on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
@@ -151,6 +165,10 @@ class KnnConfig:
         if self.target_recall is not None and self.n_probe is not None:
             raise ConfigError(
                 "set n_probe or target_recall, not both (target_recall chooses n_probe)"
+            )
+        if self.target_recall is not None and self.n_refine is not None:
+            raise ConfigError(
+                "set n_refine or target_recall, not both (target_recall chooses the rounds)"
             )
         if (self.n_tables is None) != (self.n_bits is None):
             raise ConfigError(
@@ -182,6 +200,11 @@ class KnnConfig:
         if self.n_probe is not None:
             return min(self.n_probe, n_clusters)
         return min(n_clusters, DEFAULT_N_PROBE)
+
+    def resolve_n_refine(self) -> int:
+        """Refinement rounds of the in-memory plan (default 2: on the real word embeddings the
+        first round adds about 0.15 recall@10 at n_probe 6, the second 0.06, a third 0.01)."""
+        return DEFAULT_N_REFINE if self.n_refine is None else self.n_refine
 
     def resolve_sample_size(self, n_items: int, n_clusters: int) -> int:
         if self.kmeans_sample_size is not None:
@@ -250,6 +273,8 @@ _CONSTRAINTS = {
     "lsh_max_candidates": _int_range(1),
     "lsh_false_negative_weight": _open_unit,
     "n_perm": _int_range(2, 4096),
+    "n_refine": _int_range(0, 20, optional=True),
+    "broadcast_max_mb": _int_range(0),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),

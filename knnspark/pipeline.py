@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from knnspark import kernel, udfs
+from knnspark import inmemory, kernel, udfs
 from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
@@ -137,15 +137,23 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     if kk == 0:
         merged = spark.createDataFrame([], _MERGED_SCHEMA)
     else:
-        if config.method == "exact":
+        in_memory = (
+            config.method == "kmeans"
+            and config.metric == "cosine"
+            and inmemory.fits_in_memory(n, prep.dim, config)
+        )
+        if in_memory:
+            merged = _kmeans_in_memory(spark, prep, config, report, kk)
+        elif config.method == "exact":
             cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
         elif config.method == "lsh":
             cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
         else:
             cands, max_rows, staged = _kmeans_candidates(spark, prep, config, report, kk)
-        merged = _merge(spark, cands, max_rows, config, report)
-        for df_ in staged:
-            df_.unpersist()
+        if not in_memory:
+            merged = _merge(spark, cands, max_rows, config, report)
+            for df_ in staged:
+                df_.unpersist()
         if config.method != "exact":
             merged = _fill_short_items(spark, merged, prep, config, report, kk)
         with stage(spark, report, "check") as info:
@@ -726,10 +734,12 @@ def _tune_n_probe(
     return n_probe
 
 
-def _kmeans_candidates(
-    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
-) -> tuple[DataFrame, int, list[DataFrame]]:
-    n, dim = prep.n_items, prep.dim
+def _fit_centroids(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
+) -> np.ndarray:
+    """Spherical k-means on a seeded, partition-independent sample: (n_clusters, dim) unit
+    centroids."""
+    n = prep.n_items
     n_clusters = config.resolve_n_clusters(n)
     with stage(spark, report, "sample") as info:
         sample_size = config.resolve_sample_size(n, n_clusters)
@@ -748,6 +758,46 @@ def _kmeans_candidates(
         n_clusters = max(1, min(n_clusters, len(x)))
         info["rows"] = n_clusters
         centroids = fit_spherical_kmeans(x, n_clusters, n_iter=config.kmeans_iter, seed=config.seed)
+    report.resolved["kmeans_sample_rows"] = int(len(x))
+    return centroids
+
+
+def _kmeans_in_memory(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
+) -> DataFrame:
+    """The k-means search of a table that fits a worker (see :mod:`knnspark.inmemory`)."""
+    centroids = _fit_centroids(spark, prep, config, report)
+    with stage(spark, report, "collect") as info:
+        keys, vecs = _collect_items(prep.data, prep)
+        info["rows"] = len(keys)
+    report.resolved.update(method="kmeans", n_clusters=len(centroids))
+    tune = None
+    if config.target_recall is not None:
+        with stage(spark, report, "tune") as info:
+            sample_keys, _ = _hash_sample(prep, config.seed + 3, config.tune_sample)
+            n_probe, tune = inmemory.tune_start(keys, vecs, sample_keys, centroids, config, kk)
+            info["rows"] = len(sample_keys)
+    else:
+        n_probe = config.resolve_n_probe(len(centroids))
+    log.info(
+        "in-memory plan: %d x %d vectors (%.0f MB) in every Python worker, %d clusters, n_probe %d",
+        len(keys),
+        prep.dim,
+        vecs.nbytes / 2**20,
+        len(centroids),
+        n_probe,
+    )
+    return inmemory.search_in_memory(
+        spark, keys, vecs, centroids, n_probe, config, report, kk, tune
+    )
+
+
+def _kmeans_candidates(
+    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
+) -> tuple[DataFrame, int, list[DataFrame]]:
+    dim = prep.dim
+    centroids = _fit_centroids(spark, prep, config, report)
+    n_clusters = len(centroids)
     if config.target_recall is not None:
         n_probe = _tune_n_probe(spark, prep, config, report, centroids, kk)
     else:
@@ -783,7 +833,6 @@ def _kmeans_candidates(
         method="kmeans",
         n_clusters=n_clusters,
         n_probe=n_probe,
-        kmeans_sample_rows=int(len(x)),
         n_buckets=plan.n_buckets,
         n_clusters_split=plan.n_split,
         cluster_members_min=int(n_members.min()),

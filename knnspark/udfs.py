@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from knnspark import kernel, lsh
+from knnspark import graph, kernel, lsh
 from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
 from knnspark.jaccard import Sets, topk_jaccard
 from knnspark.kmeans import nearest_centroids
@@ -26,7 +26,11 @@ __all__ = [
     "cluster_count_batches",
     "list_to_matrix",
     "list_to_sets",
+    "GRAPH_SCHEMA",
     "column_items",
+    "emit_block_batches",
+    "probe_block_batches",
+    "refine_block_batches",
     "take_items",
     "lsh_assign_batches",
     "lsh_code_batches",
@@ -447,3 +451,103 @@ def bucket_topk_pandas(pdf, k: int, dim: int, block_bytes: int, reverse: bool):
         }
     )
     return bucket_topk(table, k, dim, block_bytes, reverse).to_pandas()
+
+
+# --------------------------------------------------------------------------- in-memory search
+#: Schema of the in-memory search jobs: query position, rank, neighbour position, score.
+GRAPH_SCHEMA = "row long, rank int, nbr long, score float"
+
+
+def _block_rows(batches: Iterator[pa.RecordBatch], order: np.ndarray, block_rows: int):
+    """Yield ``(block id, item positions)`` for the block ids (``spark.range`` rows) of a task."""
+    for batch in batches:
+        for blk in _column(batch, "id").to_numpy().tolist():
+            yield blk, order[blk * block_rows : (blk + 1) * block_rows]
+
+
+def _graph_batch(rows: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pa.RecordBatch:
+    valid = pos >= 0
+    ranks = np.broadcast_to(np.arange(1, pos.shape[1] + 1, dtype=np.int32), pos.shape)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.broadcast_to(rows[:, None], pos.shape)[valid].astype(np.int64)),
+            pa.array(ranks[valid]),
+            pa.array(pos[valid]),
+            pa.array(scores[valid].astype(np.float32)),
+        ],
+        names=["row", "rank", "nbr", "score"],
+    )
+
+
+def probe_block_batches(
+    batches: Iterator[pa.RecordBatch],
+    index: dict,
+    n_probe: int,
+    k: int,
+    block_rows: int,
+    block_bytes: int,
+) -> Iterator[pa.RecordBatch]:
+    """Probed top-k of the query blocks named by the input rows (see :data:`GRAPH_SCHEMA`).
+
+    ``index`` (broadcast): ``vecs`` (n, d) unit vectors in key order, ``home`` (n,) each item's
+    cluster, ``cluster_rows`` / ``offsets`` the members of every cluster, ``centroids``. Blocks
+    are runs of ``cluster_rows``, so a block's queries share most of their probed clusters.
+    """
+    _maybe_fail("probe_block_batches")
+    vecs, home, cluster_rows = index["vecs"], index["home"], index["cluster_rows"]
+    for _, rows in _block_rows(batches, cluster_rows, block_rows):
+        probes = _probes_home_first(vecs[rows], home[rows], index["centroids"], n_probe)
+        pos, scores = graph.probed_topk(
+            vecs, rows, probes, cluster_rows, index["offsets"], k, block_bytes=block_bytes
+        )
+        yield _graph_batch(rows, pos, scores)
+
+
+def _probes_home_first(
+    x: np.ndarray, home: np.ndarray, centroids: np.ndarray, n_probe: int
+) -> np.ndarray:
+    """The ``n_probe`` nearest clusters of each row with the row's own cluster first."""
+    near = nearest_centroids(x, centroids, n_probe)
+    others = near != home[:, None]
+    # Stable: keep the nearest-first order of the other clusters, drop home (or the last).
+    order = np.argsort(~others, axis=1, kind="stable")[:, : near.shape[1] - 1]
+    rest = np.take_along_axis(near, order, axis=1)
+    return np.concatenate([home[:, None].astype(near.dtype), rest], axis=1)
+
+
+def refine_block_batches(
+    batches: Iterator[pa.RecordBatch],
+    index: dict,
+    graph_bc: tuple[np.ndarray, np.ndarray],
+    k: int,
+    block_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """One refinement round (:func:`knnspark.graph.refine_topk`) of the named query blocks.
+
+    ``graph_bc`` (broadcast): the current neighbour positions (n, k) and reverse lists (n, r).
+    """
+    _maybe_fail("refine_block_batches")
+    nbrs, reverse = graph_bc
+    for _, rows in _block_rows(batches, index["cluster_rows"], block_rows):
+        pos, scores = graph.refine_topk(index["vecs"], rows, nbrs, reverse, k)
+        yield _graph_batch(rows, pos, scores)
+
+
+def emit_block_batches(
+    batches: Iterator[pa.RecordBatch],
+    result: tuple[np.ndarray, np.ndarray, np.ndarray],
+    block_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The final graph ``(keys, positions, scores)`` as ``key, nbr, rank, score`` rows."""
+    keys, pos, scores = result
+    for _, rows in _block_rows(batches, np.arange(len(keys)), block_rows):
+        b = _graph_batch(rows, pos[rows], scores[rows])
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(keys[b.column(0).to_numpy()]),
+                pa.array(keys[b.column(2).to_numpy()]),
+                b.column(1),
+                b.column(3),
+            ],
+            names=["key", "nbr", "rank", "score"],
+        )

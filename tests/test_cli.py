@@ -52,12 +52,13 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     )
     summary = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
     assert summary["n_output_rows"] == 4000 * 5  # --k 5 overrides the file's k = 4
-    assert "stage topk+merge done" in proc.stderr  # progress is logged
+    assert "stage search-p2 done" in proc.stderr  # progress is logged (in-memory plan)
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["parameters"]["k"] == 5 and manifest["parameters"]["n_probe"] == 2
     assert 0.0 <= manifest["recall"]["ci95_low"] <= manifest["recall"]["recall_at_k"]
     assert manifest["counts"]["n_items"] == 4000
-    for stage in ("validate", "sample", "kmeans", "assign", "topk+merge", "recall", "write"):
+    in_memory = ("collect", "index", "search-p2", "refine-1", "refine-2", "emit")
+    for stage in ("validate", "sample", "kmeans", *in_memory, "recall", "write"):
         assert stage in manifest["timings_s"]
 
     con = duckdb.connect()

@@ -51,15 +51,17 @@ CFG = KnnConfig(
 )
 
 
-def test_same_table_under_any_partitioning(spark, dup_heavy):
+@pytest.mark.parametrize("broadcast_max_mb", [0, 512], ids=["shuffle", "in-memory"])
+def test_same_table_under_any_partitioning(spark, dup_heavy, broadcast_max_mb):
     keys, x, _ = dup_heavy
+    cfg = CFG.replace(broadcast_max_mb=broadcast_max_mb)
     base = to_df(spark, keys, x)
     results = []
     for shuffle_parts, input_parts in [(4, 1), (11, 7), (2, 3)]:
         spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_parts))
         try:
             df = base.repartition(input_parts)
-            results.append(_rows(compute_neighbors(df, CFG).table))
+            results.append(_rows(compute_neighbors(df, cfg).table))
         finally:
             spark.conf.set("spark.sql.shuffle.partitions", "4")
     assert results[0] == results[1] == results[2]
@@ -82,9 +84,9 @@ JOB_FLAGS = [
 ]  # fmt: skip
 
 
-def _cli_cmd(data, out, master):
+def _cli_cmd(data, out, master, *extra):
     return [sys.executable, "-m", "knnspark", "run", "--input", str(data), "--output", str(out),
-            "--master", master, *JOB_FLAGS]  # fmt: skip
+            "--master", master, *JOB_FLAGS, *extra]  # fmt: skip
 
 
 def _cli(out, master, data, extra_env=None):
@@ -122,20 +124,23 @@ def _executor_pids():
 
 
 def test_executor_killed_mid_job_gives_same_table_or_no_table(spark, dup_heavy, tmp_path):
-    """An executor JVM is SIGKILLed during the bucket top-k stage of a local-cluster run."""
+    """An executor JVM is SIGKILLed during the bucket top-k stage of a local-cluster run of the
+    shuffle plan (the plan of tables too big for one worker, where executor loss is likeliest).
+    """
     import signal
     import time
 
     keys, x, data = dup_heavy
     if not (data / "_SUCCESS").exists():
         to_df(spark, keys, x).write.mode("overwrite").parquet(str(data))
-    reference = _rows(compute_neighbors(spark.read.parquet(str(data)), CFG).table)
+    cfg = CFG.replace(broadcast_max_mb=0)
+    reference = _rows(compute_neighbors(spark.read.parquet(str(data)), cfg).table)
     out = tmp_path / "killed"
     log_path = tmp_path / "job.log"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            _cli_cmd(data, out, "local-cluster[2,1,1024]"),
+            _cli_cmd(data, out, "local-cluster[2,1,1024]", "--broadcast-max-mb", "0"),
             cwd=ROOT,
             env=env,
             stdout=log,

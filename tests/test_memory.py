@@ -37,7 +37,8 @@ def test_skewed_bucket_fits_a_small_python_memory_budget(tmp_path):
         [sys.executable, "-m", "knnspark", "run", "--input", str(tmp_path / "emb"),
          "--output", str(out), "--master", "local[2]", "--n-clusters", "6", "--n-probe", "1",
          "--k", str(K), "--recall-sample", "100", "--max-bucket-members", str(CAP),
-         "--max-bucket-queries", str(CAP), "--conf", f"spark.executor.pyspark.memory={BUDGET}"],
+         "--max-bucket-queries", str(CAP), "--broadcast-max-mb", "0",  # the shuffle plan
+         "--conf", f"spark.executor.pyspark.memory={BUDGET}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert "MemoryError" not in proc.stderr, proc.stderr[-3000:]

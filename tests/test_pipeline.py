@@ -53,9 +53,17 @@ def test_exact_mode_equals_brute_force(spark, clustered):
     assert result.report.recall is None
 
 
-def test_kmeans_recall_against_oracle(spark, clustered):
+@pytest.mark.parametrize("broadcast_max_mb", [0, 512], ids=["shuffle", "in-memory"])
+def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb):
     keys, x = clustered
-    cfg = KnnConfig(k=10, target_bucket_size=150, n_probe=4, recall_sample=300, seed=3)
+    cfg = KnnConfig(
+        k=10,
+        target_bucket_size=150,
+        n_probe=4,
+        recall_sample=300,
+        seed=3,
+        broadcast_max_mb=broadcast_max_mb,
+    )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 10)
     assert result.report.resolved["n_clusters"] == 20
@@ -70,6 +78,8 @@ def test_kmeans_recall_against_oracle(spark, clustered):
     # the tolerance of float32 scoring).
     assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)
     assert result.report.counts["n_items_short_of_k"] == 0
+    plan = "in-memory" if broadcast_max_mb else None
+    assert result.report.resolved.get("plan") == plan
 
 
 def test_tiny_clusters_still_give_exactly_k(spark):
@@ -177,6 +187,7 @@ def test_thirty_percent_identical_vectors_split_not_sampled(spark):
         k=5,
         n_clusters=8,
         n_probe=2,
+        broadcast_max_mb=0,  # the shuffle plan, whose buckets are split
         max_bucket_members=80,
         max_bucket_queries=120,
         recall_sample=200,

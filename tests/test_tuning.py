@@ -40,7 +40,14 @@ def test_probe_recall_curve_counts_what_the_buckets_find(reverse):
 
 def test_target_recall_picks_the_smallest_n_probe_that_reaches_it(spark, clustered):
     keys, x = clustered
-    cfg = KnnConfig(k=10, target_bucket_size=150, target_recall=0.97, recall_sample=300, seed=3)
+    cfg = KnnConfig(
+        k=10,
+        target_bucket_size=150,
+        target_recall=0.97,
+        recall_sample=300,
+        seed=3,
+        broadcast_max_mb=0,  # the shuffle plan: n_probe from the probe/recall curve
+    )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     res = result.report.resolved
     assert res["tuned_recall_ci95_low"] >= 0.97
@@ -58,8 +65,32 @@ def test_target_recall_picks_the_smallest_n_probe_that_reaches_it(spark, cluster
     assert recall >= 0.96, recall
 
 
+def test_target_recall_in_memory_checks_a_sample_after_every_step(spark, clustered):
+    keys, x = clustered
+    cfg = KnnConfig(k=10, target_bucket_size=150, target_recall=0.99, recall_sample=300, seed=3)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    res = result.report.resolved
+    assert res["plan"] == "in-memory"
+    assert res["tuned_recall_ci95_low"] >= 0.99
+    steps = res["steps"]
+    assert steps[0]["step"] == "search" and steps[0]["n_probe"] <= res["n_probe"]
+    # Each step is measured on the sample; the run stops at the first that reaches the target.
+    assert all("sample_recall_ci95_low" in s for s in steps)
+    assert [s["sample_recall_ci95_low"] >= 0.99 for s in steps][-1]
+    assert not any(s["sample_recall_ci95_low"] >= 0.99 for s in steps[:-1])
+    assert res["n_refine"] == sum(s["step"] == "refine" for s in steps)
+    t = result.table.toArrow()
+    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
+    got = t.column("score").to_numpy()[order].reshape(-1, 10)
+    _, want, _ = brute_force_topk(x, keys, 10)
+    recall = float(np.mean(got >= want[np.argsort(keys)][:, -1:] - 1e-6))
+    assert recall >= 0.98, recall
+
+
 def test_target_recall_and_n_probe_are_exclusive():
     with pytest.raises(ConfigError, match="not both"):
         KnnConfig(target_recall=0.9, n_probe=4)
+    with pytest.raises(ConfigError, match="not both"):
+        KnnConfig(target_recall=0.9, n_refine=1)
     with pytest.raises(ConfigError, match="between 0 and 1"):
         KnnConfig(target_recall=1.0)

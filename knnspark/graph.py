@@ -1,0 +1,291 @@
+"""Pure numpy search over an in-memory item matrix: probed top-k and graph refinement.
+
+Used when the unit vectors fit a worker's memory (``broadcast_max_mb``): every Python worker
+holds the whole matrix, each Spark task takes a block of queries, and nothing but results moves.
+
+Items are addressed by their *position* in key order (``vecs[i]`` is the item with the i-th
+smallest key), so "lower position" is "lower key" and every tie below breaks exactly like the
+rest of knnspark: by (score desc, key asc).
+
+- :func:`probed_topk` is the IVF search done as matrix products: a query block is scored against
+  each probed cluster with one BLAS product; the query's own cluster is scored first and its
+  k-th score becomes a threshold, so other clusters only contribute the pairs that beat it (a
+  comparison instead of a partial sort per pair, which costs about as much as the product).
+- :func:`refine_topk` is one round of the NN-descent idea: a neighbour of a neighbour (or an item
+  that lists you) is likely a neighbour. Candidates come from the current graph; scores are
+  exact dot products; lists only ever improve.
+- :func:`reverse_lists` builds the "who lists me" side of a graph.
+
+No pandas or pyspark imports (see :mod:`knnspark.kernel`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _rescore, _select_topk, query_block_rows
+
+__all__ = ["merge_graphs", "probed_topk", "refine_topk", "reverse_lists", "top_per_group"]
+
+#: Rows of one refinement chunk: the candidate gather is memory-bound, and small chunks reuse
+#: their buffers (large fresh ones cost page faults).
+_REFINE_ROWS = 32
+
+
+def top_per_group(
+    group: np.ndarray, pos: np.ndarray, score: np.ndarray, n_groups: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score desc, pos asc) of each group from flat candidate arrays.
+
+    Parameters
+    ----------
+    group : ndarray of shape (n,), int
+        Group (query row) of each candidate, in ``[0, n_groups)``.
+    pos : ndarray of shape (n,), int64
+        Candidate item positions; unique within a group.
+    score : ndarray of shape (n,), float32
+    n_groups, k : int
+
+    Returns
+    -------
+    pos : ndarray of shape (n_groups, k), int64
+        ``-1`` where a group has fewer than ``k`` candidates.
+    score : ndarray of shape (n_groups, k), float32
+        ``-inf`` padding.
+    """
+    out_pos = np.full((n_groups, k), -1, dtype=np.int64)
+    out_score = np.full((n_groups, k), -np.inf, dtype=np.float32)
+    if len(group) == 0 or k == 0:
+        return out_pos, out_score
+    order = np.lexsort((pos, -score, group))
+    g = group[order]
+    starts = np.ones(len(g), dtype=bool)
+    starts[1:] = g[1:] != g[:-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(g)), 0))
+    rank = np.arange(len(g)) - first
+    keep = rank < k
+    sel = order[keep]
+    out_pos[g[keep], rank[keep]] = pos[sel]
+    out_score[g[keep], rank[keep]] = score[sel]
+    return out_pos, out_score
+
+
+def probed_topk(
+    vecs: np.ndarray,
+    query_rows: np.ndarray,
+    probes: np.ndarray,
+    cluster_rows: np.ndarray,
+    offsets: np.ndarray,
+    k: int,
+    *,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each query among the members of the clusters it probes.
+
+    Parameters
+    ----------
+    vecs : ndarray of shape (n, d), float32
+        Unit vectors of all items, in key order.
+    query_rows : ndarray of shape (b,), int64
+        Positions of the queries in ``vecs``.
+    probes : ndarray of shape (b, p), int
+        Clusters each query probes, distinct per row; column 0 is the query's own cluster (the
+        one it is a member of), which is scored first.
+    cluster_rows : ndarray of shape (n,), int64
+        Item positions grouped by cluster, ascending within a cluster.
+    offsets : ndarray of shape (n_clusters + 1,), int64
+        Cluster ``c`` holds ``cluster_rows[offsets[c]:offsets[c + 1]]``.
+    k : int
+        Neighbours per query.
+    block_bytes : int
+        Memory budget of one score matrix (see :func:`~knnspark.kernel.query_block_rows`).
+
+    Returns
+    -------
+    pos : ndarray of shape (b, k), int64
+        Neighbour positions ranked by (score desc, position asc); ``-1`` padding when the probed
+        clusters hold fewer than ``k`` other items. Never the query itself.
+    scores : ndarray of shape (b, k), float32
+        Cosine similarities re-computed in float64 for the selected pairs; ``-inf`` padding.
+    """
+    b = len(query_rows)
+    q_vecs = np.ascontiguousarray(vecs[query_rows], dtype=np.float32)
+    tau = np.full(b, -np.inf, dtype=np.float32)  # each query's k-th best score so far
+    floor = np.finfo(np.float32).min  # excludes the -inf given to the query itself
+    cand_q: list[np.ndarray] = []
+    cand_p: list[np.ndarray] = []
+    cand_s: list[np.ndarray] = []
+    n_cand = 0
+    for first in (True, False):
+        cols = probes[:, :1] if first else probes[:, 1:]
+        if cols.size == 0:
+            continue
+        flat_c = cols.ravel()
+        flat_r = np.repeat(np.arange(b), cols.shape[1])
+        order = np.argsort(flat_c, kind="stable")
+        flat_c, flat_r = flat_c[order], flat_r[order]
+        bounds = np.flatnonzero(np.diff(flat_c)) + 1
+        for rows, c in zip(
+            np.split(flat_r, bounds), flat_c[np.concatenate([[0], bounds])], strict=True
+        ):
+            members = cluster_rows[offsets[c] : offsets[c + 1]]
+            m = len(members)
+            if m == 0:
+                continue
+            m_vecs = vecs[members]
+            step = query_block_rows(m, block_bytes)
+            for s in range(0, len(rows), step):
+                r = rows[s : s + step]
+                scores = q_vecs[r] @ m_vecs.T  # (len(r), m) BLAS product
+                # The query itself (only ever in its own cluster; members are sorted).
+                at = np.minimum(np.searchsorted(members, query_rows[r]), m - 1)
+                own = np.flatnonzero(members[at] == query_rows[r])
+                scores[own, at[own]] = -np.inf
+                if first and m > k:
+                    sel = _select_topk(scores, k)
+                    top = np.take_along_axis(scores, sel, axis=1)
+                    tau[r] = top[:, -1]
+                    hit_r = np.repeat(np.arange(len(r)), k)
+                    hit_c, hit_s = sel.ravel(), top.ravel()
+                    ok = hit_s > -np.inf
+                    hit_r, hit_c, hit_s = hit_r[ok], hit_c[ok], hit_s[ok]
+                else:
+                    # Only pairs at least as good as the k-th found so far can enter the top-k.
+                    hit_r, hit_c = np.nonzero(scores >= np.maximum(tau[r], floor)[:, None])
+                    hit_s = scores[hit_r, hit_c]
+                cand_q.append(r[hit_r])
+                cand_p.append(members[hit_c])
+                cand_s.append(hit_s)
+                n_cand += len(hit_r)
+            if n_cand > 4 * b * max(k, 1):
+                # Compact to the running top-k and raise the thresholds with it.
+                top_p, top_s = top_per_group(
+                    np.concatenate(cand_q), np.concatenate(cand_p), np.concatenate(cand_s), b, k
+                )
+                tau = np.maximum(tau, top_s[:, -1]) if k else tau
+                valid = top_p >= 0
+                cand_q = [np.broadcast_to(np.arange(b)[:, None], top_p.shape)[valid]]
+                cand_p, cand_s = [top_p[valid]], [top_s[valid]]
+                n_cand = len(cand_q[0])
+    if not cand_q:
+        return np.full((b, k), -1, dtype=np.int64), np.full((b, k), -np.inf, dtype=np.float32)
+    pos, _ = top_per_group(
+        np.concatenate(cand_q), np.concatenate(cand_p), np.concatenate(cand_s), b, k
+    )
+    return _finish(q_vecs, vecs, pos)
+
+
+def _finish(q_vecs: np.ndarray, vecs: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 re-score of the selected pairs and the final (score desc, position asc) order."""
+    valid = pos >= 0
+    exact = _rescore(q_vecs, vecs, np.maximum(pos, 0), valid)
+    pos, exact = _ranked(np.where(valid, pos, np.iinfo(np.int64).max), exact)
+    return np.where(pos == np.iinfo(np.int64).max, -1, pos), exact
+
+
+def reverse_lists(graph: np.ndarray, scores: np.ndarray, width: int) -> np.ndarray:
+    """For every item, the (up to ``width``) items that list it, best score first.
+
+    Parameters
+    ----------
+    graph : ndarray of shape (n, k), int64
+        Neighbour positions of every item (``-1`` padding).
+    scores : ndarray of shape (n, k), float32
+    width : int
+
+    Returns
+    -------
+    ndarray of shape (n, width), int64
+        ``-1`` padding; ties by the lister's position.
+    """
+    n, k = graph.shape
+    src = np.repeat(np.arange(n, dtype=np.int64), k)
+    dst = graph.ravel()
+    s = scores.ravel()
+    ok = dst >= 0
+    rev, _ = top_per_group(dst[ok], src[ok], s[ok], n, width)
+    return rev
+
+
+def refine_topk(
+    vecs: np.ndarray,
+    query_rows: np.ndarray,
+    graph: np.ndarray,
+    reverse: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One refinement round: each query's best ``k`` among its neighbours, their neighbours and
+    the items that list it.
+
+    Parameters
+    ----------
+    vecs : ndarray of shape (n, d), float32
+        Unit vectors of all items, in key order.
+    query_rows : ndarray of shape (b,), int64
+        Positions of the queries.
+    graph : ndarray of shape (n, kg), int64
+        Current neighbour positions of every item (``-1`` padding).
+    reverse : ndarray of shape (n, r), int64
+        Items listing each item (see :func:`reverse_lists`).
+    k : int
+        Neighbours kept per query.
+
+    Returns
+    -------
+    pos, scores : ndarray of shape (b, k)
+        As :func:`probed_topk`. A query's current neighbours are candidates too, so its list
+        never gets worse.
+    """
+    b = len(query_rows)
+    out_pos = np.full((b, k), -1, dtype=np.int64)
+    out_s = np.full((b, k), -np.inf, dtype=np.float32)
+    for s in range(0, b, _REFINE_ROWS):
+        q = query_rows[s : s + _REFINE_ROWS]
+        nb = graph[q]
+        nb2 = np.where(nb[:, :, None] >= 0, graph[np.maximum(nb, 0)], -1).reshape(len(q), -1)
+        cand = np.concatenate([nb, nb2, reverse[q]], axis=1)
+        cand[cand == q[:, None]] = -1
+        cand.sort(axis=1)  # ascending position = key order, so column order breaks ties
+        dup = np.zeros(cand.shape, dtype=bool)
+        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        cand[dup] = -1
+        q_vecs = np.ascontiguousarray(vecs[q], dtype=np.float32)
+        scores = np.einsum("id,ijd->ij", q_vecs, vecs[np.maximum(cand, 0)])
+        scores[cand < 0] = -np.inf
+        kk = min(k, cand.shape[1])
+        sel = _select_topk(scores, kk)
+        pos = np.take_along_axis(cand, sel, axis=1)
+        pos[np.take_along_axis(scores, sel, axis=1) == -np.inf] = -1
+        out_pos[s : s + len(q), :kk], out_s[s : s + len(q), :kk] = _finish(q_vecs, vecs, pos)
+    return out_pos, out_s
+
+
+def merge_graphs(
+    pos_a: np.ndarray, scores_a: np.ndarray, pos_b: np.ndarray, scores_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise union of two graphs of the same items, best ``k`` kept (k = ``pos_a``'s width).
+
+    A pair found in both keeps one entry (its float64 score is the same in both).
+
+    Parameters
+    ----------
+    pos_a, pos_b : ndarray of shape (n, k), int64
+        Neighbour positions, ``-1`` padding.
+    scores_a, scores_b : ndarray of shape (n, k), float32
+
+    Returns
+    -------
+    pos, scores : ndarray of shape (n, k)
+    """
+    n, k = pos_a.shape
+    rows = np.repeat(np.arange(n), k)
+    row = np.concatenate([rows, rows])
+    pos = np.concatenate([pos_a.ravel(), pos_b.ravel()])
+    score = np.concatenate([scores_a.ravel(), scores_b.ravel()])
+    ok = pos >= 0
+    row, pos, score = row[ok], pos[ok], score[ok]
+    order = np.lexsort((pos, row))
+    row, pos, score = row[order], pos[order], score[order]
+    first = np.ones(len(row), dtype=bool)
+    first[1:] = (row[1:] != row[:-1]) | (pos[1:] != pos[:-1])
+    return top_per_group(row[first], pos[first], score[first], n, k)

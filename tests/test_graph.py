@@ -1,0 +1,104 @@
+"""The in-memory plan's numpy kernels against brute force over the same candidate sets."""
+
+import numpy as np
+import pytest
+
+from knnspark import graph
+from knnspark.kmeans import nearest_centroids
+from knnspark.udfs import _probes_home_first
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _oracle(vecs, q, cands, k):
+    """Best k of ``cands`` for item ``q`` by (score desc, position asc), float64."""
+    cands = np.array(sorted(set(int(c) for c in cands) - {int(q)}), dtype=np.int64)
+    if len(cands) == 0:
+        return []
+    s = vecs[cands].astype(np.float64) @ vecs[q].astype(np.float64)
+    order = np.lexsort((cands, -s))[:k]
+    return cands[order].tolist()
+
+
+def _clustered_index(n, d, n_clusters, seed, dup=0):
+    rng = np.random.default_rng(seed)
+    centers = _unit(rng.standard_normal((n_clusters, d)))
+    x = _unit(centers[rng.integers(0, n_clusters, n)] + 0.4 * rng.standard_normal((n, d)))
+    if dup:
+        x[10 : 10 + dup] = x[9]  # exact duplicates: ties broken by position
+    home = nearest_centroids(x, centers, 1)[:, 0]
+    cluster_rows = np.lexsort((np.arange(n), home)).astype(np.int64)
+    offsets = np.searchsorted(home[cluster_rows], np.arange(n_clusters + 1))
+    return x, centers, home, cluster_rows, offsets
+
+
+@pytest.mark.parametrize(
+    "n_probe,block_bytes,dup", [(1, 64 << 20, 0), (3, 64 << 20, 30), (4, 2048, 30)]
+)
+def test_probed_topk_is_exact_over_the_probed_clusters(n_probe, block_bytes, dup):
+    vecs, centers, home, cluster_rows, offsets = _clustered_index(600, 12, 9, seed=1, dup=dup)
+    k = 7
+    q = cluster_rows[:250]  # a block: runs of clusters, as the plan cuts them
+    probes = _probes_home_first(vecs[q], home[q], centers, n_probe)
+    assert np.all(probes[:, 0] == home[q])
+    pos, scores = graph.probed_topk(
+        vecs, q, probes, cluster_rows, offsets, k, block_bytes=block_bytes
+    )
+    for i, item in enumerate(q.tolist()):
+        members = np.concatenate([cluster_rows[offsets[c] : offsets[c + 1]] for c in probes[i]])
+        want = _oracle(vecs, item, members, k)
+        assert pos[i, : len(want)].tolist() == want
+        assert np.all(pos[i, len(want) :] == -1)
+        exact = vecs[want].astype(np.float64) @ vecs[item].astype(np.float64)
+        np.testing.assert_allclose(scores[i, : len(want)], exact, atol=1e-6)
+
+
+def test_probed_topk_small_home_clusters_use_the_compaction_path():
+    # Clusters far smaller than k: the home pass sets no threshold, every pair is a candidate
+    # and the running top-k is compacted along the way.
+    vecs, centers, home, cluster_rows, offsets = _clustered_index(300, 6, 60, seed=2)
+    k = 12
+    q = cluster_rows
+    probes = _probes_home_first(vecs[q], home[q], centers, 20)
+    pos, _ = graph.probed_topk(vecs, q, probes, cluster_rows, offsets, k)
+    for i, item in enumerate(q.tolist()[:80]):
+        members = np.concatenate([cluster_rows[offsets[c] : offsets[c + 1]] for c in probes[i]])
+        want = _oracle(vecs, item, members, k)
+        assert pos[i, : len(want)].tolist() == want
+
+
+def test_refine_topk_is_exact_over_neighbours_of_neighbours_and_reverse():
+    rng = np.random.default_rng(3)
+    vecs = _unit(rng.standard_normal((200, 8)))
+    vecs[50:60] = vecs[49]  # ties
+    k = 5
+    nbrs = np.array(
+        [rng.choice(np.delete(np.arange(200), i), k, replace=False) for i in range(200)]
+    )
+    nbrs[::7, -2:] = -1  # some short lists
+    scores = np.einsum("id,ikd->ik", vecs, vecs[np.maximum(nbrs, 0)]).astype(np.float32)
+    scores[nbrs < 0] = -np.inf
+    rev = graph.reverse_lists(nbrs, scores, k)
+    q = np.arange(200)
+    pos, new_scores = graph.refine_topk(vecs, q, nbrs, rev, k)
+    for i in range(200):
+        own = nbrs[i][nbrs[i] >= 0]
+        cands = list(own) + [j for u in own for j in nbrs[u] if j >= 0] + list(rev[i][rev[i] >= 0])
+        assert pos[i].tolist() == _oracle(vecs, i, cands, k)
+        # Never worse than before.
+        assert new_scores[i, len(own) - 1] >= scores[i][nbrs[i] >= 0].min() - 1e-6
+
+
+def test_reverse_lists_and_merge_graphs():
+    nbrs = np.array([[1, 2], [0, 2], [0, -1], [2, 0]])
+    scores = np.array([[0.9, 0.5], [0.9, 0.7], [0.5, -np.inf], [0.8, 0.1]], dtype=np.float32)
+    rev = graph.reverse_lists(nbrs, scores, 2)
+    # Item 0 is listed by 1 (0.9), 2 (0.5), 3 (0.1): the best two.
+    assert rev.tolist() == [[1, 2], [0, -1], [3, 1], [-1, -1]]
+    other = np.array([[3, 2], [3, -1], [1, 3], [1, -1]])
+    other_s = np.array([[0.95, 0.5], [0.2, -np.inf], [0.7, 0.8], [0.3, -np.inf]], dtype=np.float32)
+    pos, s = graph.merge_graphs(nbrs, scores, other, other_s)
+    assert pos.tolist() == [[3, 1], [0, 2], [3, 1], [2, 1]]
+    assert s[0].tolist() == pytest.approx([0.95, 0.9])
