@@ -65,7 +65,7 @@ class Prepared:
     Attributes
     ----------
     data : DataFrame
-        ``key long, vec array<float>`` (unit vectors), persisted; for Jaccard ``vec`` is
+        ``key long, vec binary`` (unit vectors as packed float32), persisted; for Jaccard ``vec`` is
         ``array<bigint>``, each set's distinct 64-bit token hashes, sorted.
     n_items, dim : int
         Row count and vector dimension (0 for sets).
@@ -88,7 +88,7 @@ class Prepared:
 
     @property
     def vec_type(self) -> str:
-        return "array<bigint>" if self.metric == "jaccard" else "array<float>"
+        return "array<bigint>" if self.metric == "jaccard" else "binary"
 
 
 @dataclass
@@ -359,7 +359,7 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
         else:
             fields = [
                 T.StructField(id_col, id_type),
-                T.StructField("vec", T.ArrayType(T.FloatType(), containsNull=False)),
+                T.StructField("vec", T.BinaryType()),
                 T.StructField("dim", T.IntegerType()),
                 T.StructField("status", T.ByteType()),
             ]
@@ -475,11 +475,17 @@ def _table_udf(fn: Any, **kwargs: Any) -> Any:
 def _string_keys(spark: SparkSession, ids: DataFrame) -> DataFrame:
     """``id, key`` with key = rank of the id in sorted order (dense, 0-based, deterministic)."""
     col = ids.columns[0]
-    indexed = ids.orderBy(col).rdd.map(lambda r: r[0]).zipWithIndex()
-    return spark.createDataFrame(
-        indexed,
+    # Range-partitioned and sorted: partition i holds the i-th run of ids. Count each partition,
+    # then number the rows from the partition's offset (Arrow batches; no Python row objects).
+    ordered = ids.orderBy(col).persist(StorageLevel.MEMORY_AND_DISK)
+    counts = dict(ordered.mapInArrow(udfs.partition_count_batches, "part int, n long").collect())
+    sizes = [counts.get(p, 0) for p in range(ordered.rdd.getNumPartitions())]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
+    keyed = ordered.mapInArrow(
+        functools.partial(udfs.dense_rank_batches, col=col, starts=starts),
         T.StructType([T.StructField(col, T.StringType()), T.StructField("key", T.LongType())]),
     )
+    return keyed
 
 
 # --------------------------------------------------------------------------- candidates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from pyspark.sql import SparkSession
@@ -45,8 +46,25 @@ def get_session(
         # allocator keeps a worker's budget about the memory it really uses.
         "spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": "system",
     }
+    if not under_submit:
+        # Spark's default of 200 shuffle partitions is sized for clusters; on one machine each
+        # becomes a task (and a Python worker call), which costs seconds per stage.
+        defaults["spark.sql.shuffle.partitions"] = str(4 * _local_cores(master or "local[*]"))
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _local_cores(master: str) -> int:
+    """Cores of a local master URL: ``local`` 1, ``local[N]`` / ``local[N,F]`` N, ``local[*]``
+    the machine's, ``local-cluster[W,C,M]`` W x C; anything else the machine's."""
+    machine = os.cpu_count() or 1
+    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
+    if m:
+        return 1 if "[" not in master else machine if m.group(1) == "*" else int(m.group(1))
+    m = re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", master)
+    if m:
+        return int(m.group(1)) * int(m.group(2))
+    return machine

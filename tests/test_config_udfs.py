@@ -77,10 +77,10 @@ def test_prepare_flags_each_bad_row_and_normalises_good_ones():
         udfs.STATUS_NON_FINITE,
         0,
     ]
-    vec = out.column("vec").to_pylist()
-    assert vec[0] == pytest.approx([0.6, 0.8])
-    assert vec[6] == pytest.approx([0.0, 1.0, 0.0])
-    assert all(v is None for v in vec[1:6])
+    vec = out.column("vec")
+    assert vec.null_count == 5 and all(v is None for v in vec.to_pylist()[1:6])
+    assert udfs.list_to_matrix(vec.slice(0, 1), 2)[0] == pytest.approx([0.6, 0.8])
+    assert udfs.list_to_matrix(vec.slice(6, 1), 3)[0] == pytest.approx([0.0, 1.0, 0.0])
     assert out.column("dim").to_pylist() == [2, None, 2, 2, 2, 2, 3]
 
 
@@ -94,7 +94,7 @@ def test_prepare_handles_sliced_batches():
     ).slice(2, 2)
     (out,) = list(udfs.prepare_batches(iter([batch]), "id", "v"))
     assert out.column("status").to_pylist() == [0, 0]
-    assert out.column("vec").to_pylist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert udfs.list_to_matrix(out.column("vec"), 2).tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
 def test_bucket_topk_adapter_round_trip():
@@ -106,7 +106,7 @@ def test_bucket_topk_adapter_round_trip():
             "bucket": np.zeros(6, np.int64),
             "key": np.arange(6, dtype=np.int64)[::-1].copy(),
             "role": np.array([3, 3, 1, 1, 2, 2], np.int8),
-            "vec": udfs.matrix_to_list(x),
+            "vec": udfs.matrix_to_binary(x),
         }
     )
     out = udfs.bucket_topk(table, k=2, dim=3, block_bytes=1 << 20, reverse=False)
