@@ -35,7 +35,7 @@ from knnspark.kmeans import nearest_centroids, probe_recall_curve
 from knnspark.metrics import recall_per_item
 from knnspark.progress import RunReport, stage
 
-__all__ = ["fits_in_memory", "search_in_memory", "tune_start"]
+__all__ = ["emit", "fits_in_memory", "search_in_memory", "tune_start"]
 
 log = logging.getLogger("knnspark")
 
@@ -104,8 +104,8 @@ def search_in_memory(
     report: RunReport,
     kk: int,
     tune: tuple[np.ndarray, np.ndarray] | None = None,
-) -> DataFrame:
-    """Every item's top-``kk`` as ``key, nbr, rank, score`` (persisted).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every item's top-``kk``: positions (n, kk) in ``keys`` (``-1`` padding) and scores.
 
     Parameters
     ----------
@@ -223,15 +223,28 @@ def search_in_memory(
         cluster_members_median=float(np.median(np.diff(index.offsets))),
         cluster_members_max=int(np.diff(index.offsets).max()),
     )
+    return pos, scores
+
+
+def emit(
+    spark: SparkSession,
+    keys: np.ndarray,
+    pos: np.ndarray,
+    scores: np.ndarray,
+    report: RunReport,
+) -> DataFrame:
+    """The driver's graph as the persisted ``key, nbr, rank, score`` table (tasks emit their
+    blocks of a broadcast copy; nothing the size of the table goes through the driver's JVM)."""
+    n_blocks = max(1, math.ceil(len(keys) / BLOCK_ROWS))
     with stage(spark, report, "emit") as info:
         result = spark.sparkContext.broadcast((keys, pos, scores))
 
-        def emit(batches):
+        def fn(batches):
             return udfs.emit_block_batches(batches, result.value, BLOCK_ROWS)
 
         merged = (
-            spark.range(index.n_blocks, numPartitions=index.n_blocks)
-            .mapInArrow(emit, _MERGED_SCHEMA)
+            spark.range(n_blocks, numPartitions=n_blocks)
+            .mapInArrow(fn, _MERGED_SCHEMA)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         info["rows"] = merged.count()

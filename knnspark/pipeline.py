@@ -138,7 +138,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         merged = spark.createDataFrame([], _MERGED_SCHEMA)
     else:
         in_memory = (
-            config.method == "kmeans"
+            config.method in ("kmeans", "exact")
             and config.metric == "cosine"
             and inmemory.fits_in_memory(n, prep.dim, config)
         )
@@ -154,14 +154,14 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             merged = _merge(spark, cands, max_rows, config, report)
             for df_ in staged:
                 df_.unpersist()
-        if config.method != "exact":
+        if config.method != "exact" and not in_memory:
             merged = _fill_short_items(spark, merged, prep, config, report, kk)
         with stage(spark, report, "check") as info:
             n_full = merged.filter(F.col("rank") == kk).count()
             info["rows"] = n_full
         report.counts["n_items_short_of_k"] = n - n_full
         report.counts["share_items_short_of_k"] = (n - n_full) / n if n else 0.0
-        if config.method != "exact" and config.recall_sample > 0:
+        if config.method != "exact" and config.recall_sample > 0 and not in_memory:
             report.recall = _estimate_recall(spark, merged, prep, config, report, kk)
     table = _attach_ids(merged, prep)
     return NeighborResult(table=table, report=report, rejected=prep.rejected)
@@ -771,14 +771,26 @@ def _fit_centroids(
 def _kmeans_in_memory(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
 ) -> DataFrame:
-    """The k-means search of a table that fits a worker (see :mod:`knnspark.inmemory`)."""
+    """k-means (or exact) search of a table that fits a worker (see :mod:`knnspark.inmemory`).
+
+    The driver holds every vector in this plan, so items short of k and the recall sample are
+    searched exactly right there, without a Spark scan.
+    """
+    exact = config.method == "exact"
+    if exact:
+        # Exact = every cluster probed. The clusters still pay: each query's own cluster gives
+        # a threshold that the other clusters' pairs are compared against, instead of a
+        # partial sort of every score.
+        config = config.replace(target_recall=None, n_probe=None, n_refine=0)
     centroids = _fit_centroids(spark, prep, config, report)
     with stage(spark, report, "collect") as info:
         keys, vecs = _collect_items(prep.data, prep)
         info["rows"] = len(keys)
-    report.resolved.update(method="kmeans", n_clusters=len(centroids))
+    report.resolved.update(method=config.method, n_clusters=len(centroids))
     tune = None
-    if config.target_recall is not None:
+    if exact:
+        n_probe = len(centroids)
+    elif config.target_recall is not None:
         with stage(spark, report, "tune") as info:
             sample_keys, _ = _hash_sample(prep, config.seed + 3, config.tune_sample)
             n_probe, tune = inmemory.tune_start(keys, vecs, sample_keys, centroids, config, kk)
@@ -793,9 +805,32 @@ def _kmeans_in_memory(
         len(centroids),
         n_probe,
     )
-    return inmemory.search_in_memory(
+    pos, scores = inmemory.search_in_memory(
         spark, keys, vecs, centroids, n_probe, config, report, kk, tune
     )
+    if not exact:
+        with stage(spark, report, "fill-short") as info:
+            short = np.flatnonzero(pos[:, -1] < 0)
+            info["rows"] = len(short)
+            report.counts["n_items_searched_exactly"] = int(len(short))
+            if len(short):
+                nbr, s = kernel.topk_cosine(
+                    vecs[short], keys[short], vecs, keys, kk, block_bytes=config.block_bytes
+                )
+                pos[short] = np.where(nbr >= 0, np.searchsorted(keys, nbr), -1)
+                scores[short] = s
+        if config.recall_sample > 0:
+            with stage(spark, report, "recall") as info:
+                sample_keys, _ = _hash_sample(prep, config.seed + 1, config.recall_sample)
+                rows = np.searchsorted(keys, sample_keys)
+                _, exact_scores = kernel.topk_cosine(
+                    vecs[rows], sample_keys, vecs, keys, kk, block_bytes=config.block_bytes
+                )
+                info["rows"] = len(rows)
+                report.recall = _recall_result(
+                    recall_per_item(scores[rows], exact_scores), prep.n_items, kk
+                )
+    return inmemory.emit(spark, keys, pos, scores, report)
 
 
 def _kmeans_candidates(
@@ -1019,10 +1054,15 @@ def _estimate_recall(
         rows = np.searchsorted(keys, got.column("key").to_numpy())
         approx[rows, got.column("rank").to_numpy() - 1] = got.column("score").to_numpy()
         per_item = recall_per_item(approx, exact_scores)
-        mean, low, high = recall_interval(per_item, prep.n_items)
+    return _recall_result(per_item, prep.n_items, kk)
+
+
+def _recall_result(per_item: np.ndarray, n_items: int, kk: int) -> dict[str, Any]:
+    """The manifest's recall section from a sample's per-item recall (shape (n_sample,))."""
+    mean, low, high = recall_interval(per_item, n_items)
     result = {
         "k": kk,
-        "n_sample": int(len(keys)),
+        "n_sample": int(len(per_item)),
         "recall_at_k": round(mean, 6),
         "ci95_low": round(low, 6),
         "ci95_high": round(high, 6),
@@ -1035,7 +1075,7 @@ def _estimate_recall(
         mean,
         low,
         high,
-        len(keys),
+        len(per_item),
     )
     return result
 

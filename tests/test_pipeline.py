@@ -40,16 +40,28 @@ def assert_invariants(table, ids, k):
     return by_item
 
 
-def test_exact_mode_equals_brute_force(spark, clustered):
+@pytest.mark.parametrize("broadcast_max_mb", [0, 512], ids=["shuffle", "in-memory"])
+def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb):
     keys, x = clustered
-    cfg = KnnConfig(k=10, method="exact", max_bucket_members=1100, max_bucket_queries=900)
+    cfg = KnnConfig(
+        k=10,
+        method="exact",
+        max_bucket_members=1100,
+        max_bucket_queries=900,
+        broadcast_max_mb=broadcast_max_mb,
+    )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 10)
     _, _, sims = brute_force_topk(x, keys, 10)
     got_keys = np.array([by_item[k][0] for k in keys.tolist()])
     got_scores = np.array([by_item[k][1] for k in keys.tolist()])
     assert_topk_matches(got_keys, got_scores, keys, sims, 10)
-    assert result.report.resolved["n_blocks"] == 4  # ceil(3000 / 900): the blocked path ran
+    res = result.report.resolved
+    if broadcast_max_mb:  # every cluster probed, nothing refined
+        assert res["plan"] == "in-memory" and res["n_probe"] == res["n_clusters"] > 1
+        assert res["n_refine"] == 0
+    else:
+        assert res["n_blocks"] == 4  # ceil(3000 / 900): the blocked path ran
     assert result.report.recall is None
 
 
