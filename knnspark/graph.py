@@ -25,7 +25,14 @@ import numpy as np
 
 from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _rescore, _select_topk, query_block_rows
 
-__all__ = ["merge_graphs", "probed_topk", "refine_topk", "reverse_lists", "top_per_group"]
+__all__ = [
+    "fresh_entries",
+    "merge_graphs",
+    "probed_topk",
+    "refine_topk",
+    "reverse_lists",
+    "top_per_group",
+]
 
 #: Rows of one refinement chunk: the candidate gather is memory-bound, and small chunks reuse
 #: their buffers (large fresh ones cost page faults).
@@ -213,6 +220,7 @@ def refine_topk(
     graph: np.ndarray,
     reverse: np.ndarray,
     k: int,
+    fresh: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One refinement round: each query's best ``k`` among its neighbours, their neighbours and
     the items that list it.
@@ -229,6 +237,11 @@ def refine_topk(
         Items listing each item (see :func:`reverse_lists`).
     k : int
         Neighbours kept per query.
+    fresh : ndarray of shape (n, kg), bool, optional
+        Which graph entries the previous round added (see :func:`fresh_entries`). A
+        neighbour's neighbour ``v`` (via ``u``) was already scored last round unless ``u`` is
+        fresh in the query's list or ``v`` is fresh in ``u``'s, so only those pairs are scored
+        again (the NN-descent "new" flags). ``None``: every pair.
 
     Returns
     -------
@@ -236,28 +249,49 @@ def refine_topk(
         As :func:`probed_topk`. A query's current neighbours are candidates too, so its list
         never gets worse.
     """
+    n = len(vecs)
     b = len(query_rows)
     out_pos = np.full((b, k), -1, dtype=np.int64)
     out_s = np.full((b, k), -np.inf, dtype=np.float32)
     for s in range(0, b, _REFINE_ROWS):
         q = query_rows[s : s + _REFINE_ROWS]
         nb = graph[q]
-        nb2 = np.where(nb[:, :, None] >= 0, graph[np.maximum(nb, 0)], -1).reshape(len(q), -1)
+        nb2 = graph[np.maximum(nb, 0)]  # (c, kg, kg)
+        keep = nb[:, :, None] >= 0
+        if fresh is not None:
+            keep = keep & (fresh[q][:, :, None] | fresh[np.maximum(nb, 0)])
+        nb2 = np.where(keep, nb2, -1).reshape(len(q), -1)
         cand = np.concatenate([nb, nb2, reverse[q]], axis=1)
-        cand[cand == q[:, None]] = -1
-        cand.sort(axis=1)  # ascending position = key order, so column order breaks ties
+        # n marks "no candidate": it sorts after every position, so one sort puts the valid
+        # candidates first and in position order, which is the order ties break in.
+        cand[(cand < 0) | (cand == q[:, None])] = n
+        cand.sort(axis=1)
         dup = np.zeros(cand.shape, dtype=bool)
         dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-        cand[dup] = -1
+        cand[dup] = n
+        cand.sort(axis=1)
+        width = max(int((cand < n).sum(axis=1).max()), 1)
+        cand = cand[:, :width]
         q_vecs = np.ascontiguousarray(vecs[q], dtype=np.float32)
-        scores = np.einsum("id,ijd->ij", q_vecs, vecs[np.maximum(cand, 0)])
-        scores[cand < 0] = -np.inf
-        kk = min(k, cand.shape[1])
+        scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
+        scores[cand == n] = -np.inf
+        kk = min(k, width)
         sel = _select_topk(scores, kk)
         pos = np.take_along_axis(cand, sel, axis=1)
         pos[np.take_along_axis(scores, sel, axis=1) == -np.inf] = -1
         out_pos[s : s + len(q), :kk], out_s[s : s + len(q), :kk] = _finish(q_vecs, vecs, pos)
     return out_pos, out_s
+
+
+def fresh_entries(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Which entries of each row of ``new`` (shape (n, k), ``-1`` padding) are not in the same
+    row of ``old``: shape (n, k), bool."""
+    out = np.empty(new.shape, dtype=bool)
+    step = max(1, (1 << 24) // max(new.shape[1] * old.shape[1], 1))
+    for s in range(0, len(new), step):
+        a, o = new[s : s + step], old[s : s + step]
+        out[s : s + step] = (a >= 0) & ~(a[:, :, None] == o[:, None, :]).any(axis=2)
+    return out
 
 
 def merge_graphs(

@@ -140,9 +140,14 @@ def search_in_memory(
             info["rows"] = int((out[0] >= 0).sum())
         return out
 
+    last_input: list[np.ndarray | None] = [None]  # the graph the last round started from
+
     def refine(pos: np.ndarray, scores: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
         with stage(spark, report, f"refine-{r}") as info:
-            gbc = spark.sparkContext.broadcast((pos, graph.reverse_lists(pos, scores, kk)))
+            # Pairs the last round already scored are skipped (see graph.refine_topk).
+            fresh = None if last_input[0] is None else graph.fresh_entries(pos, last_input[0])
+            last_input[0] = pos
+            gbc = spark.sparkContext.broadcast((pos, graph.reverse_lists(pos, scores, kk), fresh))
             bc = index.bc
 
             def fn(batches):

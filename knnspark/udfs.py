@@ -591,18 +591,19 @@ def _probes_home_first(
 def refine_block_batches(
     batches: Iterator[pa.RecordBatch],
     index: dict,
-    graph_bc: tuple[np.ndarray, np.ndarray],
+    graph_bc: tuple[np.ndarray, np.ndarray, np.ndarray | None],
     k: int,
     block_rows: int,
 ) -> Iterator[pa.RecordBatch]:
     """One refinement round (:func:`knnspark.graph.refine_topk`) of the named query blocks.
 
-    ``graph_bc`` (broadcast): the current neighbour positions (n, k) and reverse lists (n, r).
+    ``graph_bc`` (broadcast): the current neighbour positions (n, k), reverse lists (n, r) and
+    fresh-entry flags (n, k) or ``None``.
     """
     _maybe_fail("refine_block_batches")
-    nbrs, reverse = graph_bc
+    nbrs, reverse, fresh = graph_bc
     for _, rows in _block_rows(batches, index["cluster_rows"], block_rows):
-        pos, scores = graph.refine_topk(index["vecs"], rows, nbrs, reverse, k)
+        pos, scores = graph.refine_topk(index["vecs"], rows, nbrs, reverse, k, fresh)
         yield _graph_batch(rows, pos, scores)
 
 
