@@ -102,3 +102,25 @@ def test_reverse_lists_and_merge_graphs():
     pos, s = graph.merge_graphs(nbrs, scores, other, other_s)
     assert pos.tolist() == [[3, 1], [0, 2], [3, 1], [2, 1]]
     assert s[0].tolist() == pytest.approx([0.95, 0.9])
+
+
+def test_fresh_flags_skip_only_pairs_already_scored():
+    # Round 2 with the NN-descent flags gives the same graph as round 2 scoring every pair.
+    rng = np.random.default_rng(4)
+    vecs = _unit(rng.standard_normal((300, 10)))
+    k = 6
+    others = [np.delete(np.arange(300), i) for i in range(300)]
+    g0 = np.array([rng.choice(o, k, replace=False) for o in others])
+    s0 = np.einsum("id,ikd->ik", vecs, vecs[g0]).astype(np.float32)
+    q = np.arange(300)
+    g1, s1 = graph.refine_topk(vecs, q, g0, graph.reverse_lists(g0, s0, k), k)
+    fresh = graph.fresh_entries(g1, g0)
+    assert fresh.any() and not fresh.all()
+    rev = graph.reverse_lists(g1, s1, k)
+    full = graph.refine_topk(vecs, q, g1, rev, k)
+    flagged = graph.refine_topk(vecs, q, g1, rev, k, fresh)
+    np.testing.assert_array_equal(flagged[0], full[0])
+    np.testing.assert_array_equal(flagged[1], full[1])
+    # The flags: an entry is fresh exactly when it was not in the row before.
+    for i in range(300):
+        assert fresh[i].tolist() == [int(v) not in set(g0[i].tolist()) for v in g1[i]]
