@@ -48,3 +48,36 @@ def test_run_bench_reports_and_skips_missing_peers(tmp_path, monkeypatch):
     assert report["n"] == 400 and report["n_sample"] == 100
     table = (tmp_path / "results.md").read_text()
     assert "| numpy_exact |" in table and "skipped" in table
+
+
+def test_target_comparisons_and_scaling_come_from_the_run():
+    r = bench.Result
+    results = [
+        r("knnspark_fast", wall_s=40.0, recall=0.91),
+        r("knnspark_default", wall_s=60.0, recall=0.975),
+        r("knnspark_target_098", wall_s=90.0, recall=0.985),
+        r("knnspark_exact", wall_s=100.0, recall=1.0),
+        r("knnspark_10k", wall_s=20.0, recall=0.99),
+        r("pynndescent", wall_s=80.0, recall=0.985),
+        r("faiss_ivf_64", wall_s=50.0, recall=0.90),
+        r("numpy_exact", wall_s=200.0, recall=1.0),
+        r("mllib_lsh_10k", wall_s=400.0, recall=0.2),
+        r("sklearn_brute", status="skipped"),
+    ]
+    text = "\n".join(bench._target_lines(results))
+    # The fastest setting at or above each level is the one compared.
+    assert "| recall ≥ 0.95 vs PyNNDescent (target ≤ 1.0×) | knnspark_default 60.0 s" in text
+    assert "0.75×" in text  # 60 / 80
+    assert "knnspark_target_098 90.0 s" in text and "1.12×" in text
+    assert "| recall ≥ faiss_ivf_64 (faster is < 1) | knnspark_fast 40.0 s" in text
+    assert "0.50×" in text  # exact 100 / numpy 200
+    assert "20.0× faster, 4.9× recall" in text  # 0.99 / 0.2, one decimal down
+    scaling = bench._scaling_md(
+        {
+            100: [r("knnspark_default", wall_s=10.0, recall=0.99)],
+            1000: [r("knnspark_default", wall_s=35.0, recall=0.98)],
+        },
+        8,
+        5,
+    )
+    assert "| knnspark_default | 10.0 s, 0.990 | 35.0 s, 0.980 | 3.5× |" in scaling
