@@ -106,8 +106,9 @@ class KnnConfig:
         The k-means search holds every unit vector in each Python worker (the in-memory plan)
         when ``n_items x dim x 4`` bytes fit this budget; larger tables use the shuffle plan
         (query vectors shipped to the buckets they probe, candidates merged by a shuffle).
-        0 always shuffles. Each Python worker needs about this much memory on top of its usual
-        share, the driver about twice it.
+        0 always shuffles. The plan also stays within a quarter of ``spark.driver.memory`` and,
+        when set, a third of ``spark.executor.pyspark.memory`` (the driver and each Python
+        worker hold the vectors); the manifest's ``resolved.plan`` says which plan ran.
     on_invalid : {"error", "skip"}
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in

@@ -49,9 +49,48 @@ _MAX_ROUNDS_PER_PASS = 3
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
 
 
-def fits_in_memory(n_items: int, dim: int, config: KnnConfig) -> bool:
-    """Whether the float32 unit vectors fit the in-memory plan's budget."""
-    return n_items * dim * 4 <= config.broadcast_max_mb * 1024 * 1024
+def memory_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
+    """The largest vector table (MB) the in-memory plan takes, and what sets that limit.
+
+    Besides ``broadcast_max_mb``: the driver holds the vectors (its JVM the Arrow copy of the
+    collect, then the Python side), so a quarter of ``spark.driver.memory``; a Python worker
+    holds them plus the broadcast's serialised copy while loading and its blocks' work, so a
+    third of ``spark.executor.pyspark.memory`` when that cap is set.
+    """
+    conf = spark.sparkContext.getConf()
+    limits = [(float(config.broadcast_max_mb), "broadcast_max_mb")]
+    driver = _mb(conf.get("spark.driver.memory", "1g"))
+    limits.append((driver / 4, "spark.driver.memory / 4"))
+    worker = conf.get("spark.executor.pyspark.memory", None)
+    if worker:
+        limits.append((_mb(worker) / 3, "spark.executor.pyspark.memory / 3"))
+    return min(limits)
+
+
+def _mb(size: str) -> float:
+    """A JVM memory string (``512m``, ``4g``, plain bytes) in MB."""
+    s = size.strip().lower().rstrip("b")
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}
+    if s and s[-1] in units:
+        return float(s[:-1]) * units[s[-1]]
+    return float(s) / 2**20
+
+
+def fits_in_memory(spark: SparkSession, n_items: int, dim: int, config: KnnConfig) -> bool:
+    """Whether the float32 unit vectors fit the in-memory plan's budget (logged either way)."""
+    need = n_items * dim * 4 / 2**20
+    budget, reason = memory_budget_mb(spark, config)
+    if need <= budget:
+        return True
+    log.info(
+        "shuffle plan: %d x %d vectors (%.0f MB) exceed the in-memory budget of %.0f MB (%s)",
+        n_items,
+        dim,
+        need,
+        budget,
+        reason,
+    )
+    return False
 
 
 class _Index:

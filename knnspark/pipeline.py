@@ -140,8 +140,9 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         in_memory = (
             config.method in ("kmeans", "exact")
             and config.metric == "cosine"
-            and inmemory.fits_in_memory(n, prep.dim, config)
+            and inmemory.fits_in_memory(spark, n, prep.dim, config)
         )
+        report.resolved["plan"] = "in-memory" if in_memory else "shuffle"
         if in_memory:
             merged = _kmeans_in_memory(spark, prep, config, report, kk)
         elif config.method == "exact":

@@ -139,3 +139,10 @@ def test_shipped_configs_load(tmp_path):
         assert "spark.sql.shuffle.partitions" in spark_conf, conf
         assert "spark.sql.execution.arrow.maxRecordsPerBatch" in spark_conf, conf
         assert "OPENBLAS_NUM_THREADS" in conf.read_text(), conf
+
+
+def test_memory_strings_in_mb():
+    from knnspark.inmemory import _mb
+
+    assert _mb("4g") == 4096 and _mb("512m") == 512 and _mb("512M") == 512
+    assert _mb("1073741824") == 1024 and _mb("2048k") == 2 and _mb("1gb") == 1024

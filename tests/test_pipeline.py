@@ -90,8 +90,8 @@ def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb):
     # the tolerance of float32 scoring).
     assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)
     assert result.report.counts["n_items_short_of_k"] == 0
-    plan = "in-memory" if broadcast_max_mb else None
-    assert result.report.resolved.get("plan") == plan
+    plan = "in-memory" if broadcast_max_mb else "shuffle"
+    assert result.report.resolved["plan"] == plan
 
 
 def test_tiny_clusters_still_give_exactly_k(spark):
