@@ -367,6 +367,7 @@ def run_bench(
                     for key in ("plan", "n_probe", "n_refine", "n_clusters")
                     if key in resolved
                 }
+                res.extra["stage_s"] = manifest.get("timings_s", {})
             else:
                 idx = np.load(out)
                 res.extra = json.loads(Path(str(out) + ".json").read_text())

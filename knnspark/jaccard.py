@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy import sparse
 
 from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _select_topk, query_block_rows
 
@@ -61,7 +60,11 @@ class Sets(NamedTuple):
         return [self.tokens[a:b] for a, b in zip(self.indptr[:-1], self.indptr[1:])]
 
 
-def _incidence(sets: Sets, vocab: np.ndarray) -> sparse.csr_matrix:
+def _incidence(sets: Sets, vocab: np.ndarray):  # -> scipy.sparse.csr_matrix
+    # scipy is imported here, not at the top: every Python worker imports this module (through
+    # the UDF adapters), and only Jaccard runs need scipy (~0.5 s to import).
+    from scipy import sparse
+
     cols = np.searchsorted(vocab, sets.tokens)
     data = np.ones(len(cols), dtype=np.float32)
     return sparse.csr_matrix((data, cols, sets.indptr), shape=(len(sets), len(vocab)))

@@ -146,3 +146,14 @@ def test_memory_strings_in_mb():
 
     assert _mb("4g") == 4096 and _mb("512m") == 512 and _mb("512M") == 512
     assert _mb("1073741824") == 1024 and _mb("2048k") == 2 and _mb("1gb") == 1024
+
+
+def test_local_cores_of_master_urls():
+    import os
+
+    from knnspark.session import _local_cores
+
+    machine = os.cpu_count() or 1
+    assert _local_cores("local") == 1 and _local_cores("local[3]") == 3
+    assert _local_cores("local[*]") == machine and _local_cores("local[2,4]") == 2
+    assert _local_cores("local-cluster[2,1,1024]") == 2 and _local_cores("yarn") == machine
