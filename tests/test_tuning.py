@@ -38,6 +38,15 @@ def test_probe_recall_curve_counts_what_the_buckets_find(reverse):
     np.testing.assert_allclose(items.mean(axis=0), curve)
 
 
+def _oracle_recall(table, keys, x, k):
+    """Recall@k of the whole neighbour table against the numpy brute force (tie-aware)."""
+    t = table.toArrow()
+    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
+    got = t.column("score").to_numpy()[order].reshape(-1, k)
+    _, want, _ = brute_force_topk(x, keys, k)
+    return float(np.mean(got >= want[np.argsort(keys)][:, -1:] - 1e-6))
+
+
 def test_target_recall_picks_the_smallest_n_probe_that_reaches_it(spark, clustered):
     keys, x = clustered
     cfg = KnnConfig(
@@ -57,11 +66,7 @@ def test_target_recall_picks_the_smallest_n_probe_that_reaches_it(spark, cluster
     curve = res["tune_curve"]  # estimate at n_probe = 1, 2, ...
     assert curve[res["n_probe"] - 1] == res["tuned_recall_estimate"]
     # The run's recall, measured against the numpy oracle, meets the target (sampling slack).
-    t = result.table.toArrow()
-    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
-    got = t.column("score").to_numpy()[order].reshape(-1, 10)
-    _, want, _ = brute_force_topk(x, keys, 10)
-    recall = float(np.mean(got >= want[np.argsort(keys)][:, -1:] - 1e-6))
+    recall = _oracle_recall(result.table, keys, x, 10)
     assert recall >= 0.96, recall
 
 
@@ -79,11 +84,7 @@ def test_target_recall_in_memory_checks_a_sample_after_every_step(spark, cluster
     assert [s["sample_recall_ci95_low"] >= 0.99 for s in steps][-1]
     assert not any(s["sample_recall_ci95_low"] >= 0.99 for s in steps[:-1])
     assert res["n_refine"] == sum(s["step"] == "refine" for s in steps)
-    t = result.table.toArrow()
-    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
-    got = t.column("score").to_numpy()[order].reshape(-1, 10)
-    _, want, _ = brute_force_topk(x, keys, 10)
-    recall = float(np.mean(got >= want[np.argsort(keys)][:, -1:] - 1e-6))
+    recall = _oracle_recall(result.table, keys, x, 10)
     assert recall >= 0.98, recall
 
 
