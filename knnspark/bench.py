@@ -165,7 +165,7 @@ def _mllib_lsh(x: np.ndarray, k: int, seed: int = 0, **_: Any) -> tuple[np.ndarr
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from knnspark.session import get_session
+    from knnspark.session import get_session, stop_session
 
     u = _unit(x)
     spark = get_session(app_name="mllib-lsh-bench", master="local[2]", driver_memory="4g")
@@ -184,7 +184,7 @@ def _mllib_lsh(x: np.ndarray, k: int, seed: int = 0, **_: Any) -> tuple[np.ndarr
     ).toPandas()
     out = np.full((len(u), k), -1, dtype=np.int64)
     out[top["a"].to_numpy(), top["r"].to_numpy() - 1] = top["b"].to_numpy()
-    spark.stop()
+    stop_session(spark)
     return out, {"num_hash_tables": 5, "bucket_length": 1.0}
 
 

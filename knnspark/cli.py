@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -241,16 +242,19 @@ def _resolve_output(job: dict[str, Any]) -> None:
 
 def _worker_python(spark: Any) -> str | None:
     """The interpreter Python workers run (which environment the executors really used)."""
+    sc = spark.sparkContext
+    if sc.master == "local" or sc.master.startswith("local["):
+        # Local workers are forked on this machine from the driver's pythonExec; asking one
+        # costs a Spark job (seconds on a small run).
+        return shutil.which(sc.pythonExec) or sc.pythonExec
     try:
-        return spark.sparkContext.parallelize([0], 1).map(lambda _: sys.executable).first()
+        return sc.parallelize([0], 1).map(lambda _: sys.executable).first()
     except Exception:  # noqa: BLE001 - the manifest must not fail a finished run
         return None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from knnspark import io
-    from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
-    from knnspark.session import get_session
+    from knnspark.session import get_session, stop_session
 
     job, config = resolve_run_args(args)
     _resolve_output(job)
@@ -259,6 +263,19 @@ def _run(args: argparse.Namespace) -> int:
     spark = get_session(
         master=job["master"], driver_memory=job["driver_memory"], conf=_spark_conf(job["conf"])
     )
+    try:
+        return _run_in(spark, job, config, started, t0)
+    finally:
+        stop_session(spark)
+
+
+def _run_in(
+    spark: Any, job: dict[str, Any], config: KnnConfig, started: datetime, t0: float
+) -> int:
+    from knnspark import io
+    from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
+    from knnspark.session import class_archive_in_use
+
     target = io.partition_path(job["output"], job["partition_date"])
     io.check_output(spark, target, job["mode"])
     if job["table"]:
@@ -311,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
                 "master": spark.sparkContext.master,
                 "default_parallelism": spark.sparkContext.defaultParallelism,
                 "worker_python": _worker_python(spark),
+                "class_archive": class_archive_in_use(spark),
             },
             **report.to_dict(),
         }

@@ -42,6 +42,8 @@ log = logging.getLogger("knnspark")
 #: Queries per task. Fixed (not derived from Spark's parallelism) so blocks, and with them
 #: every float32 product, are the same on any cluster.
 BLOCK_ROWS = 4096
+#: Most items per task of the emit stage (the table's file count follows).
+EMIT_TASK_ROWS = 250_000
 #: Rows per chunk of the driver's home-cluster assignment (bounds its float64 temporaries).
 _ASSIGN_ROWS = 16384
 #: Most refinement rounds a target-recall run adds after one probe pass before it probes more.
@@ -279,12 +281,17 @@ def emit(
 ) -> DataFrame:
     """The driver's graph as the persisted ``key, nbr, rank, score`` table (tasks emit their
     blocks of a broadcast copy; nothing the size of the table goes through the driver's JVM)."""
-    n_blocks = max(1, math.ceil(len(keys) / BLOCK_ROWS))
+    # The table's rows do not depend on how they are split, so one task per core (more for
+    # big tables): each task costs about 0.1 s, and each becomes a file of the output.
+    n_tasks = max(spark.sparkContext.defaultParallelism, math.ceil(len(keys) / EMIT_TASK_ROWS))
+    n_tasks = max(1, min(n_tasks, len(keys)))
+    block_rows = math.ceil(len(keys) / n_tasks)
+    n_blocks = math.ceil(len(keys) / block_rows) if len(keys) else 1
     with stage(spark, report, "emit") as info:
         result = spark.sparkContext.broadcast((keys, pos, scores))
 
         def fn(batches):
-            return udfs.emit_block_batches(batches, result.value, BLOCK_ROWS)
+            return udfs.emit_block_batches(batches, result.value, block_rows)
 
         merged = (
             spark.range(n_blocks, numPartitions=n_blocks)

@@ -415,13 +415,19 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
             id_map = None
             data = checked.select(F.col(id_col).cast("long").alias("key"), "vec")
         parallelism = spark.sparkContext.defaultParallelism
-        if data.rdd.getNumPartitions() < parallelism:
+        repartition = data.rdd.getNumPartitions() < parallelism
+        if repartition:
             # Hash-partition by key: spreads the work over every core, and the content of each
             # partition depends on the data alone, not on how the input was split.
             data = data.repartition(parallelism, "key")
-        data = data.persist(StorageLevel.MEMORY_AND_DISK)
-        info["rows"] = data.count()
-        checked.unpersist()
+        if id_map is None and not repartition:
+            # A projection of the validated rows, which are cached already: a second cached
+            # copy would cost a pass over every vector (seconds at 100k x 384) and its memory.
+            info["rows"] = n_rows
+        else:
+            data = data.persist(StorageLevel.MEMORY_AND_DISK)
+            info["rows"] = data.count()
+            checked.unpersist()
     return Prepared(
         data=data,
         n_items=n_rows,

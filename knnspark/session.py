@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-__all__ = ["get_session"]
+__all__ = ["class_archive_in_use", "get_session", "stop_session"]
+
+log = logging.getLogger("knnspark")
+
+#: Set to ``0`` to start the driver JVM without the class-data-sharing archive.
+CDS_ENV = "KNNSPARK_CDS"
+#: Where the archive lives (``$KNNSPARK_CACHE/cds``, default ``~/.cache/knnspark/cds``).
+CACHE_ENV = "KNNSPARK_CACHE"
+#: Conf keys that change the driver JVM's class path: part of the archive's key.
+_CLASSPATH_KEYS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
+
+# An archive this process's JVM is dumping at exit: (temporary path, final path, lock path).
+_pending_archive: tuple[Path, Path, Path] | None = None
 
 
 def get_session(
@@ -50,7 +67,14 @@ def get_session(
         # Spark's default of 200 shuffle partitions is sized for clusters; on one machine each
         # becomes a task (and a Python worker call), which costs seconds per stage.
         defaults["spark.sql.shuffle.partitions"] = str(4 * _local_cores(master or "local[*]"))
-    for key, value in {**defaults, **(conf or {})}.items():
+    merged = {**defaults, **(conf or {})}
+    if not under_submit and os.environ.get(CDS_ENV, "1") != "0":
+        # Only when we launch the JVM: under spark-submit it is already running.
+        options = _cds_options(merged)
+        if options:
+            extra = merged.get("spark.driver.extraJavaOptions", "")
+            merged["spark.driver.extraJavaOptions"] = f"{extra} {options}".strip()
+    for key, value in merged.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
@@ -68,3 +92,135 @@ def _local_cores(master: str) -> int:
     if m:
         return int(m.group(1)) * int(m.group(2))
     return machine
+
+
+def _java() -> str | None:
+    """The java spark-submit runs: ``$JAVA_HOME/bin/java``, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    return os.path.realpath(java) if java and os.path.exists(java) else None
+
+
+def _archive_key(conf: dict[str, str]) -> str | None:
+    """What the archive depends on: the JVM binary, Spark's jars, extra class-path settings.
+
+    The JVM checks the class path itself and ignores a stale archive, but a fresh key makes
+    the next run write a new one instead of running without.
+    """
+    import pyspark
+
+    java = _java()
+    jars = Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent) / "jars"
+    if java is None or not jars.is_dir():
+        return None
+    parts = [java, str(os.stat(java).st_mtime_ns), pyspark.__version__]
+    parts += sorted(f"{j.name}:{j.stat().st_size}:{j.stat().st_mtime_ns}" for j in jars.iterdir())
+    parts += [f"{k}={conf.get(k, '')}" for k in _CLASSPATH_KEYS]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _cds_options(conf: dict[str, str]) -> str:
+    """JVM options to use (or, the first time, to write) a class-data-sharing archive.
+
+    Java 13+ can dump the classes an application loaded into a "dynamic" archive at exit
+    (``-XX:ArchiveClassesAtExit``) and map it at the next start (``-XX:SharedArchiveFile``),
+    which skips parsing and verifying Spark's ~10,000 classes: local session start-up and
+    the first jobs take several seconds less. A torn archive crashes the JVM, so the dump goes
+    to a temporary name that :func:`stop_session` renames once the JVM has exited cleanly.
+    """
+    global _pending_archive
+    try:
+        key = _archive_key(conf)
+        if key is None:
+            return ""
+        root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "knnspark") / "cds"
+        final = root / f"spark-{key}.jsa"
+        # The JVM prints archive warnings (signed jars, old class files) on stdout: silence them.
+        quiet = "-Xlog:cds=off,cds+dynamic=off"
+        if final.is_file():
+            return f"-XX:SharedArchiveFile={final} {quiet}"
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale(root)
+        # One writer at a time: a dump costs ~15 s at exit, and concurrent first runs (a test
+        # suite's subprocesses) would each pay it.
+        lock = root / f"spark-{key}.lock"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return ""
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        tmp = root / f"spark-{key}.{os.getpid()}.tmp"
+        _pending_archive = (tmp, final, lock)
+        return f"-XX:ArchiveClassesAtExit={tmp} {quiet}"
+    except OSError as exc:  # an unwritable cache only costs start-up time
+        log.debug("no class-data-sharing archive: %s", exc)
+        return ""
+
+
+def stop_session(spark: SparkSession) -> None:
+    """Stop ``spark``; on a first run, let the local JVM finish its archive and publish it."""
+    global _pending_archive
+    spark.stop()
+    pending, _pending_archive = _pending_archive, None
+    if pending is None:
+        return
+    tmp, final, lock = pending
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)  # type: ignore[attr-defined]
+    try:
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()  # the gateway JVM exits (and dumps) when its stdin closes
+            code = proc.wait(timeout=300)
+            if code == 0 and tmp.is_file() and tmp.stat().st_size > 0:
+                os.replace(tmp, final)
+                log.info("wrote the JVM class archive %s for faster start-up", final)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.debug("class archive not written: %s", exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(root: Path) -> None:
+    """Drop the locks and half-written archives of processes that died before publishing."""
+    for path in [*root.glob("spark-*.lock"), *root.glob("spark-*.tmp")]:
+        try:
+            pid = int(path.read_text() if path.suffix == ".lock" else path.suffixes[-2][1:])
+        except (OSError, ValueError, IndexError):
+            pid = -1
+        if pid <= 0 or not _pid_alive(pid):
+            path.unlink(missing_ok=True)
+
+
+def class_archive_in_use(spark: SparkSession) -> str | None:
+    """The class-data-sharing archive the local driver JVM has mapped (``None`` if none).
+
+    Read from the JVM process's memory map (Linux), so it reports what the JVM really did,
+    not what it was asked to do.
+    """
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)  # type: ignore[attr-defined]
+    if proc is None:
+        return None
+    try:
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+        if path.endswith(".jsa") and Path(path).name.startswith("spark-"):
+            return path
+    return None

@@ -607,6 +607,10 @@ def refine_block_batches(
         yield _graph_batch(rows, pos, scores)
 
 
+#: Items per Arrow batch of the emitted table (a task's block may be much larger).
+_EMIT_BATCH_ROWS = 4096
+
+
 def emit_block_batches(
     batches: Iterator[pa.RecordBatch],
     result: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -614,14 +618,16 @@ def emit_block_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The final graph ``(keys, positions, scores)`` as ``key, nbr, rank, score`` rows."""
     keys, pos, scores = result
-    for _, rows in _block_rows(batches, np.arange(len(keys)), block_rows):
-        b = _graph_batch(rows, pos[rows], scores[rows])
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array(keys[b.column(0).to_numpy()]),
-                pa.array(keys[b.column(2).to_numpy()]),
-                b.column(1),
-                b.column(3),
-            ],
-            names=["key", "nbr", "rank", "score"],
-        )
+    for _, block in _block_rows(batches, np.arange(len(keys)), block_rows):
+        for s in range(0, len(block), _EMIT_BATCH_ROWS):
+            rows = block[s : s + _EMIT_BATCH_ROWS]
+            b = _graph_batch(rows, pos[rows], scores[rows])
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(keys[b.column(0).to_numpy()]),
+                    pa.array(keys[b.column(2).to_numpy()]),
+                    b.column(1),
+                    b.column(3),
+                ],
+                names=["key", "nbr", "rank", "score"],
+            )

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession for the whole test session (2 cores, few shuffle partitions)."""
-    from knnspark.session import get_session
+    from knnspark.session import get_session, stop_session
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     session = get_session(
@@ -22,7 +22,7 @@ def spark():
         },
     )
     yield session
-    session.stop()
+    stop_session(session)
 
 
 @pytest.fixture(scope="session")

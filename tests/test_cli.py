@@ -1,6 +1,7 @@
 """The CLI end to end, in a fresh process, as a user runs it; the table read back by DuckDB."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _knnspark(*args, check=True):
+def _knnspark(*args, check=True, env=None):
     proc = subprocess.run(
         [sys.executable, "-m", "knnspark", *args],
         cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=600,
@@ -33,6 +35,8 @@ def demo_input(tmp_path_factory):
 def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     duckdb = pytest.importorskip("duckdb")
     out = tmp_path / "nbrs"
+    # A cache of its own: this first run writes the JVM class archive, the next one maps it.
+    cache = {"KNNSPARK_CACHE": str(tmp_path / "cache")}
     conf = tmp_path / "job.toml"
     conf.write_text("[knnspark]\nk = 4\nn_probe = 2\nrecall_sample = 200\n")
     proc = _knnspark(
@@ -49,6 +53,7 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
         "local[2]",
         "--driver-memory",
         "1g",
+        env=cache,
     )
     summary = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
     assert summary["n_output_rows"] == 4000 * 5  # --k 5 overrides the file's k = 4
@@ -81,6 +86,15 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     again = _knnspark("run", "--input", str(demo_input), "--output", str(out), check=False)
     assert again.returncode == 2
     assert "already exists" in again.stderr and "--mode overwrite" in again.stderr
+
+    (archive,) = (tmp_path / "cache" / "cds").iterdir()  # published whole; no lock or temp left
+    assert archive.suffix == ".jsa" and archive.stat().st_size > 1_000_000
+    assert manifest["spark"]["class_archive"] is None  # the run that wrote it started without
+    _knnspark("run", "--input", str(demo_input), "--output", str(out), "--mode", "overwrite",
+              "--k", "3", "--n-probe", "1", "--recall-sample", "0", env=cache)  # fmt: skip
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["spark"]["class_archive"] == str(archive)
+    assert manifest["counts"]["n_output_rows"] == 4000 * 3
 
 
 def test_cli_reports_bad_input_clearly(tmp_path):

@@ -1,0 +1,69 @@
+"""Session start-up helpers that need no running Spark: the class-data-sharing archive."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    from knnspark import session
+
+    monkeypatch.setenv(session.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(session, "_pending_archive", None)
+    return tmp_path / "cds"
+
+
+def test_first_run_writes_one_archive_at_a_time_then_runs_read_it(cache, monkeypatch):
+    from knnspark import session
+
+    if session._archive_key({}) is None:
+        pytest.skip("no java found")
+    first = session._cds_options({})
+    assert first.startswith("-XX:ArchiveClassesAtExit=") and "-Xlog:cds=off" in first
+    tmp, final, lock = session._pending_archive
+    assert tmp.parent == cache and lock.read_text() == str(os.getpid())
+    # A second process starting meanwhile neither waits nor writes its own archive.
+    monkeypatch.setattr(session, "_pending_archive", None)
+    assert session._cds_options({}) == ""
+    # Published: every later start maps it.
+    tmp.write_bytes(b"x")
+    os.replace(tmp, final)
+    lock.unlink()
+    quiet = "-Xlog:cds=off,cds+dynamic=off"
+    assert session._cds_options({}) == f"-XX:SharedArchiveFile={final} {quiet}"
+    # Another class path is another archive.
+    other = session._cds_options({"spark.jars": "/opt/extra.jar"})
+    assert other.startswith("-XX:ArchiveClassesAtExit=") and str(final) not in other
+
+
+def test_leftovers_of_dead_writers_are_removed(cache):
+    from knnspark import session
+
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    stale = [cache / f"spark-abc.{dead_pid}.tmp", cache / "spark-abc.lock", cache / "spark-x.lock"]
+    stale[0].write_bytes(b"half an archive")
+    stale[1].write_text(str(dead_pid))
+    stale[2].write_text("")  # unreadable pid
+    live = [cache / f"spark-def.{os.getpid()}.tmp", cache / "spark-def.lock"]
+    live[0].write_bytes(b"being written")
+    live[1].write_text(str(os.getpid()))
+    session._remove_stale(cache)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in live)
+
+
+def test_unwritable_cache_only_costs_start_up(tmp_path, monkeypatch):
+    from knnspark import session
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(session.CACHE_ENV, str(blocker))
+    monkeypatch.setattr(session, "_pending_archive", None)
+    assert session._cds_options({}) == ""
+    assert session._pending_archive is None
