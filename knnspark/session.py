@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-__all__ = ["class_archive_in_use", "get_session", "stop_session"]
+__all__ = ["class_archive_in_use", "class_archive_path", "get_session", "stop_session"]
 
 log = logging.getLogger("knnspark")
 
@@ -24,6 +24,9 @@ CACHE_ENV = "KNNSPARK_CACHE"
 #: Conf keys that change the driver JVM's class path: part of the archive's key.
 _CLASSPATH_KEYS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
 
+# Sessions get_session started, with how many of its callers still use each: stop_session
+# stops one when the last has finished, and never one get_session did not start.
+_users: dict[int, int] = {}
 # An archive this process's JVM is dumping at exit: (temporary path, final path, lock path).
 _pending_archive: tuple[Path, Path, Path] | None = None
 
@@ -68,8 +71,13 @@ def get_session(
         # becomes a task (and a Python worker call), which costs seconds per stage.
         defaults["spark.sql.shuffle.partitions"] = str(4 * _local_cores(master or "local[*]"))
     merged = {**defaults, **(conf or {})}
-    if not under_submit and os.environ.get(CDS_ENV, "1") != "0":
-        # Only when we launch the JVM: under spark-submit it is already running.
+    from pyspark import SparkContext
+
+    jvm_running = SparkContext._gateway is not None  # type: ignore[attr-defined]
+    existed = SparkContext._active_spark_context is not None  # type: ignore[attr-defined]
+    if not under_submit and not jvm_running and os.environ.get(CDS_ENV, "1") != "0":
+        # Only when we launch the JVM: under spark-submit (or in a process that already
+        # started one) JVM options cannot change any more.
         options = _cds_options(merged)
         if options:
             extra = merged.get("spark.driver.extraJavaOptions", "")
@@ -78,6 +86,10 @@ def get_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not existed:
+        _users[id(spark)] = 1
+    elif id(spark) in _users:
+        _users[id(spark)] += 1
     return spark
 
 
@@ -119,6 +131,16 @@ def _archive_key(conf: dict[str, str]) -> str | None:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def class_archive_path(conf: dict[str, str] | None = None) -> Path | None:
+    """Where the class archive for a local session with ``conf`` lives (it may not exist yet);
+    ``None`` when no java or Spark jars are found."""
+    key = _archive_key(conf or {})
+    if key is None:
+        return None
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "knnspark") / "cds"
+    return root / f"spark-{key}.jsa"
+
+
 def _cds_options(conf: dict[str, str]) -> str:
     """JVM options to use (or, the first time, to write) a class-data-sharing archive.
 
@@ -130,11 +152,10 @@ def _cds_options(conf: dict[str, str]) -> str:
     """
     global _pending_archive
     try:
-        key = _archive_key(conf)
-        if key is None:
+        final = class_archive_path(conf)
+        if final is None:
             return ""
-        root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "knnspark") / "cds"
-        final = root / f"spark-{key}.jsa"
+        root, key = final.parent, final.name[len("spark-") : -len(".jsa")]
         # The JVM prints archive warnings (signed jars, old class files) on stdout: silence them.
         quiet = "-Xlog:cds=off,cds+dynamic=off"
         if final.is_file():
@@ -159,8 +180,17 @@ def _cds_options(conf: dict[str, str]) -> str:
 
 
 def stop_session(spark: SparkSession) -> None:
-    """Stop ``spark``; on a first run, let the local JVM finish its archive and publish it."""
+    """Stop ``spark`` once every :func:`get_session` caller has called this (a session that
+    was running before, e.g. a caller's own, is left alone: an in-process CLI run inside a
+    notebook or test suite does not stop it); on a first run, let the local JVM finish its
+    class archive and publish it."""
     global _pending_archive
+    if id(spark) not in _users:
+        return
+    _users[id(spark)] -= 1
+    if _users[id(spark)] > 0:
+        return
+    del _users[id(spark)]
     spark.stop()
     pending, _pending_archive = _pending_archive, None
     if pending is None:

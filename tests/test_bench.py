@@ -1,8 +1,11 @@
 """The benchmark harness scores tools honestly: its recall, self handling and skip notes."""
 
 import json
+import os
 
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 
 from knnspark import bench
 
@@ -81,3 +84,23 @@ def test_target_comparisons_and_scaling_come_from_the_run():
         5,
     )
     assert "| knnspark_default | 10.0 s, 0.990 | 35.0 s, 0.980 | 3.5× |" in scaling
+
+
+def test_bench_writes_the_class_archive_untimed_before_timing_knnspark(tmp_path, monkeypatch):
+    from knnspark import session
+
+    monkeypatch.setenv(session.CACHE_ENV, str(tmp_path / "cache"))
+    path = session.class_archive_path()
+    if path is None:
+        pytest.skip("no java found")
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    x = np.ones((3000, 4), dtype=np.float32)
+    bench._warm_class_archive(x, tmp_path, dict(os.environ))
+    (cmd,) = calls
+    assert cmd[1:4] == ["-m", "knnspark", "run"]
+    assert len(pq.read_table(tmp_path / "warm-up" / "in")) == 2000  # a small slice, untimed
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"archive")
+    bench._warm_class_archive(x, tmp_path, dict(os.environ))
+    assert len(calls) == 1  # present: nothing to warm

@@ -24,7 +24,12 @@ def _write_input(spark, path, n, seed=0, dim=8):
 
 
 def _run(*args):
-    return cli.main(["run", "--master", "local[2]", *map(str, args)])
+    from pyspark import SparkContext
+
+    code = cli.main(["run", "--master", "local[2]", *map(str, args)])
+    # In-process, the CLI reuses the caller's session (the suite's here) and leaves it running.
+    assert SparkContext._active_spark_context is not None
+    return code
 
 
 def test_failed_write_leaves_previous_table_intact(spark, tmp_path):

@@ -67,3 +67,23 @@ def test_unwritable_cache_only_costs_start_up(tmp_path, monkeypatch):
     monkeypatch.setattr(session, "_pending_archive", None)
     assert session._cds_options({}) == ""
     assert session._pending_archive is None
+
+
+def test_stop_session_stops_only_what_get_session_started(monkeypatch):
+    from knnspark import session
+
+    stopped = []
+
+    class Fake:
+        def stop(self):
+            stopped.append(self)
+
+    ours, theirs = Fake(), Fake()
+    monkeypatch.setattr(session, "_users", {id(ours): 2})  # a suite's session + a CLI run in it
+    monkeypatch.setattr(session, "_pending_archive", None)
+    session.stop_session(ours)  # the in-process CLI run ends: the suite still uses it
+    assert stopped == []
+    session.stop_session(ours)
+    assert stopped == [ours]
+    session.stop_session(theirs)  # started by someone else: left running
+    assert stopped == [ours]
