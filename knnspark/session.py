@@ -202,6 +202,9 @@ def stop_session(spark: SparkSession) -> None:
     try:
         if proc is not None and proc.stdin is not None:
             proc.stdin.close()  # the gateway JVM exits (and dumps) when its stdin closes
+            # That JVM is going: a later get_session in this process launches a new one.
+            SparkContext._gateway = None  # type: ignore[attr-defined]
+            SparkContext._jvm = None  # type: ignore[attr-defined]
             code = proc.wait(timeout=300)
             if code == 0 and tmp.is_file() and tmp.stat().st_size > 0:
                 os.replace(tmp, final)

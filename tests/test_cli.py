@@ -90,11 +90,25 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     (archive,) = (tmp_path / "cache" / "cds").iterdir()  # published whole; no lock or temp left
     assert archive.suffix == ".jsa" and archive.stat().st_size > 1_000_000
     assert manifest["spark"]["class_archive"] is None  # the run that wrote it started without
-    _knnspark("run", "--input", str(demo_input), "--output", str(out), "--mode", "overwrite",
-              "--k", "3", "--n-probe", "1", "--recall-sample", "0", env=cache)  # fmt: skip
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["spark"]["class_archive"] == str(archive)
-    assert manifest["counts"]["n_output_rows"] == 4000 * 3
+
+
+def test_class_archive_written_by_one_session_is_mapped_by_the_next_in_the_same_process(
+    tmp_path,
+):
+    # Stopping the session that wrote the archive ends its JVM; the next session launches a
+    # new JVM, which maps the archive (read back from that JVM's memory map).
+    script = (
+        "from knnspark.session import *\n"
+        "for _ in range(2):\n"
+        "    s = get_session(master='local[1]')\n"
+        "    print(class_archive_in_use(s), s.range(5).count())\n"
+        "    stop_session(s)\n"
+    )
+    env = {**os.environ, "KNNSPARK_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)  # fmt: skip
+    (archive,) = (tmp_path / "cds").iterdir()
+    assert proc.stdout.split() == ["None", "5", str(archive), "5"], proc.stderr[-2000:]
 
 
 def test_cli_reports_bad_input_clearly(tmp_path):
