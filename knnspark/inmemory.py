@@ -283,10 +283,10 @@ def emit(
     blocks of a broadcast copy; nothing the size of the table goes through the driver's JVM)."""
     # The table's rows do not depend on how they are split, so one task per core (more for
     # big tables): each task costs about 0.1 s, and each becomes a file of the output.
-    n_tasks = max(spark.sparkContext.defaultParallelism, math.ceil(len(keys) / EMIT_TASK_ROWS))
-    n_tasks = max(1, min(n_tasks, len(keys)))
-    block_rows = math.ceil(len(keys) / n_tasks)
-    n_blocks = math.ceil(len(keys) / block_rows) if len(keys) else 1
+    n = len(keys)
+    n_tasks = min(max(spark.sparkContext.defaultParallelism, math.ceil(n / EMIT_TASK_ROWS)), n)
+    n_tasks = max(n_tasks, 1)
+    block_rows = max(1, math.ceil(n / n_tasks))  # a trailing task may get no rows
     with stage(spark, report, "emit") as info:
         result = spark.sparkContext.broadcast((keys, pos, scores))
 
@@ -294,7 +294,7 @@ def emit(
             return udfs.emit_block_batches(batches, result.value, block_rows)
 
         merged = (
-            spark.range(n_blocks, numPartitions=n_blocks)
+            spark.range(n_tasks, numPartitions=n_tasks)
             .mapInArrow(fn, _MERGED_SCHEMA)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
