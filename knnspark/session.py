@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,6 +22,8 @@ log = logging.getLogger("knnspark")
 CDS_ENV = "KNNSPARK_CDS"
 #: Where the archive lives (``$KNNSPARK_CACHE/cds``, default ``~/.cache/knnspark/cds``).
 CACHE_ENV = "KNNSPARK_CACHE"
+#: Class archives kept in the cache (the most recently used ones).
+KEEP_ARCHIVES = 3
 #: Conf keys that change the driver JVM's class path: part of the archive's key.
 _CLASSPATH_KEYS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
 
@@ -159,6 +162,8 @@ def _cds_options(conf: dict[str, str]) -> str:
         # The JVM prints archive warnings (signed jars, old class files) on stdout: silence them.
         quiet = "-Xlog:cds=off,cds+dynamic=off"
         if final.is_file():
+            with contextlib.suppress(OSError):  # e.g. another user's cache: use it as it is
+                os.utime(final)  # "recently used", for _prune_archives
             return f"-XX:SharedArchiveFile={final} {quiet}"
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale(root)
@@ -209,11 +214,20 @@ def stop_session(spark: SparkSession) -> None:
             if code == 0 and tmp.is_file() and tmp.stat().st_size > 0:
                 os.replace(tmp, final)
                 log.info("wrote the JVM class archive %s for faster start-up", final)
+                _prune_archives(final.parent)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.debug("class archive not written: %s", exc)
     finally:
         tmp.unlink(missing_ok=True)
         lock.unlink(missing_ok=True)
+
+
+def _prune_archives(root: Path, keep: int = KEEP_ARCHIVES) -> None:
+    """Keep the ``keep`` most recently used archives (each new venv or Spark install writes
+    one of 100-200 MB); a removed one is written again by its next run if still needed."""
+    archives = sorted(root.glob("spark-*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)  # a JVM that mapped it keeps its mapping
 
 
 def _pid_alive(pid: int) -> bool:

@@ -87,3 +87,21 @@ def test_stop_session_stops_only_what_get_session_started(monkeypatch):
     assert stopped == [ours]
     session.stop_session(theirs)  # started by someone else: left running
     assert stopped == [ours]
+
+
+def test_only_the_most_recently_used_archives_are_kept(cache):
+    from knnspark import session
+
+    if session._archive_key({}) is None:
+        pytest.skip("no java found")
+    cache.mkdir()
+    old = [cache / f"spark-{i:016x}.jsa" for i in range(4)]
+    for age, path in enumerate(old):
+        path.write_bytes(b"archive")
+        os.utime(path, (1e9 - age, 1e9 - age))  # old[0] the newest of them
+    used = session.class_archive_path()
+    used.write_bytes(b"archive")
+    os.utime(used, (1.0, 1.0))  # the oldest file, but used now:
+    assert session._cds_options({}).startswith(f"-XX:SharedArchiveFile={used}")
+    session._prune_archives(cache)
+    assert sorted(cache.iterdir()) == sorted([used, old[0], old[1]])
