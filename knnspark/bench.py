@@ -206,6 +206,7 @@ KNNSPARK: dict[str, list[str]] = {
     "knnspark_exact": ["--method", "exact"],
     "knnspark_fast": ["--n-probe", "4", "--n-refine", "1"],
     "knnspark_default": [],
+    "knnspark_target_090": ["--target-recall", "0.90"],
     "knnspark_target_095": ["--target-recall", "0.95"],
     "knnspark_target_098": ["--target-recall", "0.98"],
     "knnspark_shuffle": ["--broadcast-max-mb", "0"],

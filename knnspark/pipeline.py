@@ -143,8 +143,9 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             and inmemory.fits_in_memory(spark, n, prep.dim, config)
         )
         report.resolved["plan"] = "in-memory" if in_memory else "shuffle"
+        n_full = None
         if in_memory:
-            merged = _kmeans_in_memory(spark, prep, config, report, kk)
+            merged, n_full = _kmeans_in_memory(spark, prep, config, report, kk)
         elif config.method == "exact":
             cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
         elif config.method == "lsh":
@@ -157,9 +158,10 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
                 df_.unpersist()
         if config.method != "exact" and not in_memory:
             merged = _fill_short_items(spark, merged, prep, config, report, kk)
-        with stage(spark, report, "check") as info:
-            n_full = merged.filter(F.col("rank") == kk).count()
-            info["rows"] = n_full
+        if n_full is None:  # the in-memory plan counts its graph on the driver
+            with stage(spark, report, "check") as info:
+                n_full = merged.filter(F.col("rank") == kk).count()
+                info["rows"] = n_full
         report.counts["n_items_short_of_k"] = n - n_full
         report.counts["share_items_short_of_k"] = (n - n_full) / n if n else 0.0
         if config.method != "exact" and config.recall_sample > 0 and not in_memory:
@@ -275,18 +277,16 @@ def _find_problems(checked: DataFrame, id_col: str) -> tuple[list[_Problem], int
         text = f"have a vector length other than the usual {dim} ({others})"
         problems.append(_Problem("dimension", n_bad, text, F.col("dim") != dim))
     dup = (
-        checked.filter(F.col(id_col).isNotNull())
-        .groupBy(id_col)
-        .count()
-        .filter(F.col("count") > 1)
-        .persist(StorageLevel.MEMORY_AND_DISK)
+        checked.filter(F.col(id_col).isNotNull()).groupBy(id_col).count().filter(F.col("count") > 1)
     )
-    dup_stats = dup.agg(F.count("*").alias("ids"), F.sum("count").alias("rows")).first()
-    if dup_stats is not None and dup_stats["ids"]:
+    # One action, collected whole: a global aggregate is one row, and `first()` would scan it
+    # in growing limit jobs (four Spark jobs, about 2 s, where this is one or two). The
+    # examples query recomputes the groups, but only when the input is invalid anyway.
+    dup_stats = dup.agg(F.count("*").alias("ids"), F.sum("count").alias("rows")).collect()[0]
+    if dup_stats["ids"]:
         examples = [r[0] for r in dup.orderBy(id_col).limit(_N_EXAMPLES).collect()]
         text = f"share {dup_stats['ids']:,} ids that occur more than once; ids must be unique"
         problems.append(_Problem("duplicate_id", int(dup_stats["rows"]), text, None, examples))
-    dup.unpersist()
     for p in problems:
         if p.examples is None:
             rows = checked.filter(p.cond).select(id_col).limit(_N_EXAMPLES).collect()
@@ -777,11 +777,12 @@ def _fit_centroids(
 
 def _kmeans_in_memory(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
-) -> DataFrame:
+) -> tuple[DataFrame, int]:
     """k-means (or exact) search of a table that fits a worker (see :mod:`knnspark.inmemory`).
 
     The driver holds every vector in this plan, so items short of k and the recall sample are
-    searched exactly right there, without a Spark scan.
+    searched exactly right there, without a Spark scan. Returns the (lazy) table and how many
+    items have a full top-k.
     """
     exact = config.method == "exact"
     if exact:
@@ -837,7 +838,7 @@ def _kmeans_in_memory(
                 report.recall = _recall_result(
                     recall_per_item(scores[rows], exact_scores), prep.n_items, kk
                 )
-    return inmemory.emit(spark, keys, pos, scores, report)
+    return inmemory.emit(spark, keys, pos, scores, report), int((pos[:, kk - 1] >= 0).sum())
 
 
 def _kmeans_candidates(

@@ -95,3 +95,32 @@ def test_target_recall_and_n_probe_are_exclusive():
         KnnConfig(target_recall=0.9, n_refine=1)
     with pytest.raises(ConfigError, match="between 0 and 1"):
         KnnConfig(target_recall=1.0)
+
+
+def test_in_memory_target_recall_starts_where_probing_misses_the_root_of_the_allowance():
+    """Two refinement rounds about square probing's miss rate, so the plan starts at the fewest
+    probes whose probing alone misses at most sqrt(1 - target) of the sample's true pairs."""
+    from knnspark.generate import synthetic_embeddings
+    from knnspark.inmemory import tune_start
+    from knnspark.kmeans import fit_spherical_kmeans
+
+    rng = np.random.default_rng(4)
+    x = _unit(synthetic_embeddings(2000, 16, seed=4).astype(np.float32))
+    keys = np.arange(2000, dtype=np.int64) * 3
+    centroids = fit_spherical_kmeans(x, 40, seed=4)
+    sample_keys = np.sort(rng.choice(keys, 300, replace=False))
+    nbr, _, _ = brute_force_topk(x, keys, 10)
+    rows = np.searchsorted(keys, sample_keys)
+    nbr_rows = np.searchsorted(keys, nbr[rows])
+    curve = probe_recall_curve(x[rows], x[nbr_rows], centroids, reverse=False)
+    starts = []
+    for target in (0.9, 0.95, 0.98, 0.995):
+        cfg = KnnConfig(k=10, target_recall=target)
+        n_probe, (tune_rows, exact) = tune_start(keys, x, sample_keys, centroids, cfg, 10)
+        want = max(0.5, 1 - np.sqrt(1 - target))
+        assert curve[n_probe - 1] >= want - 1e-9
+        assert n_probe == 1 or curve[n_probe - 2] < want - 1e-9
+        np.testing.assert_array_equal(tune_rows, rows)
+        assert exact.shape == (300, 10)
+        starts.append(n_probe)
+    assert starts == sorted(starts) and starts[0] < starts[-1]
