@@ -260,8 +260,13 @@ def _run(args: argparse.Namespace) -> int:
     _resolve_output(job)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    from knnspark.io import local_input_bytes
+
     spark = get_session(
-        master=job["master"], driver_memory=job["driver_memory"], conf=_spark_conf(job["conf"])
+        master=job["master"],
+        driver_memory=job["driver_memory"],
+        conf=_spark_conf(job["conf"]),
+        input_bytes=local_input_bytes(job["input"]),
     )
     try:
         return _run_in(spark, job, config, started, t0)
@@ -274,7 +279,7 @@ def _run_in(
 ) -> int:
     from knnspark import io
     from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
-    from knnspark.session import class_archive_in_use
+    from knnspark.session import class_archive_in_use, driver_jit
 
     target = io.partition_path(job["output"], job["partition_date"])
     io.check_output(spark, target, job["mode"])
@@ -329,6 +334,7 @@ def _run_in(
                 "default_parallelism": spark.sparkContext.defaultParallelism,
                 "worker_python": _worker_python(spark),
                 "class_archive": class_archive_in_use(spark),
+                "driver_jit": driver_jit(spark),
             },
             **report.to_dict(),
         }

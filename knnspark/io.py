@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,26 @@ def read_input(spark: SparkSession, path: str, fmt: str = "parquet") -> DataFram
         raise InputError(
             f"cannot read {path!r} as {fmt}: {text.splitlines()[0]}", check="unreadable"
         ) from exc
+
+
+def local_input_bytes(path: str) -> int | None:
+    """Bytes on disk of a local input (a file, or every file under a directory); ``None`` for
+    a remote URI (``s3a://``, ``hdfs://`` ...) or a path that does not exist here."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    local = path[len("file://") :] if path.startswith("file://") else path
+    if os.path.isfile(local):
+        return os.path.getsize(local)
+    if not os.path.isdir(local):
+        return None
+    total = 0
+    for root, _, files in os.walk(local):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:  # removed while we looked
+                pass
+    return total
 
 
 class _Fs:

@@ -90,6 +90,7 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     (archive,) = (tmp_path / "cache" / "cds").iterdir()  # published whole; no lock or temp left
     assert archive.suffix == ".jsa" and archive.stat().st_size > 1_000_000
     assert manifest["spark"]["class_archive"] is None  # the run that wrote it started without
+    assert manifest["spark"]["driver_jit"] == "c1"  # a small local input: C1 only
 
 
 def test_class_archive_written_by_one_session_is_mapped_by_the_next_in_the_same_process(

@@ -65,6 +65,22 @@ def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb):
     assert result.report.recall is None
 
 
+def test_probing_every_cluster_is_exact_and_skips_the_rounds(spark, clustered):
+    """A small table (3 clusters here, 10 at 10k items by default) is covered by the default
+    n_probe: the search already scored every pair, so no refinement round runs."""
+    keys, x = clustered
+    cfg = KnnConfig(k=10, target_bucket_size=1000)
+    result = compute_neighbors(to_df(spark, keys, x), cfg)
+    res = result.report.resolved
+    assert res["plan"] == "in-memory" and res["n_probe"] >= res["n_clusters"] == 3
+    assert res["n_refine"] == 0 and [s["step"] for s in res["steps"]] == ["search"]
+    by_item = assert_invariants(result.table, keys.tolist(), 10)
+    _, _, sims = brute_force_topk(x, keys, 10)
+    got_keys = np.array([by_item[k][0] for k in keys.tolist()])
+    got_scores = np.array([by_item[k][1] for k in keys.tolist()])
+    assert_topk_matches(got_keys, got_scores, keys, sims, 10)
+
+
 @pytest.mark.parametrize("broadcast_max_mb", [0, 512], ids=["shuffle", "in-memory"])
 def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb):
     keys, x = clustered

@@ -105,3 +105,34 @@ def test_only_the_most_recently_used_archives_are_kept(cache):
     assert session._cds_options({}).startswith(f"-XX:SharedArchiveFile={used}")
     session._prune_archives(cache)
     assert sorted(cache.iterdir()) == sorted([used, old[0], old[1]])
+
+
+def test_small_local_inputs_start_the_jvm_with_c1_only(monkeypatch):
+    from knnspark.session import C1_MAX_INPUT_BYTES, JIT_ENV, jit_options
+
+    monkeypatch.delenv(JIT_ENV, raising=False)
+    c1 = "-XX:TieredStopAtLevel=1"
+    assert jit_options(10_000_000) == c1
+    assert jit_options(C1_MAX_INPUT_BYTES + 1) == ""  # big inputs repay C2's compile time
+    assert jit_options(None) == ""  # unknown size (a remote path): the JVM's default
+    monkeypatch.setenv(JIT_ENV, "c2")
+    assert jit_options(10_000_000) == ""
+    monkeypatch.setenv(JIT_ENV, "C1")
+    assert jit_options(None) == c1
+    monkeypatch.setenv(JIT_ENV, "fast")
+    with pytest.raises(ValueError, match="KNNSPARK_JIT must be c1 or c2"):
+        jit_options(1)
+
+
+def test_local_input_bytes_sums_local_files_and_skips_remote_paths(tmp_path):
+    from knnspark.io import local_input_bytes
+
+    table = tmp_path / "t"
+    (table / "dt=2026-01-01").mkdir(parents=True)
+    (table / "part-0.parquet").write_bytes(b"x" * 100)
+    (table / "dt=2026-01-01" / "part-1.parquet").write_bytes(b"x" * 23)
+    assert local_input_bytes(str(table)) == 123
+    assert local_input_bytes(f"file://{table}") == 123
+    assert local_input_bytes(str(table / "part-0.parquet")) == 100
+    assert local_input_bytes(str(tmp_path / "missing")) is None
+    assert local_input_bytes("s3a://bucket/embeddings") is None
