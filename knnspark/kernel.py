@@ -32,6 +32,13 @@ DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024
 
 _SIGN = np.uint32(0x80000000)
 
+#: Members :func:`topk_cosine` scores at a time. Query blocks are sized to the members they
+#: score (:func:`query_block_rows`), so against 100k members a block is 27 queries, and each
+#: block re-reads every member vector: a memory-bound product. In chunks of 16k members a
+#: block is 170 queries, and the sample of 2,000 exact queries behind a recall estimate on
+#: 100k x 384 takes about a third of the time.
+MEMBER_CHUNK = 16384
+
 
 def l2_normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale each row to unit L2 norm.
@@ -290,16 +297,27 @@ def topk_cosine(
         Cosine similarities clipped to [-1, 1], re-computed in float64 for the selected pairs;
         ``-inf`` where the key is ``-1``.
     """
-    res = bucket_topk_cosine(
-        queries,
-        query_keys,
-        members,
-        member_keys,
-        k,
-        exclude_self=exclude_self,
-        block_bytes=block_bytes,
-    )
-    return res.neighbor_keys, res.scores
+    n_m = len(member_keys)
+    parts = [
+        bucket_topk_cosine(
+            queries,
+            query_keys,
+            members[s : s + MEMBER_CHUNK],
+            member_keys[s : s + MEMBER_CHUNK],
+            k,
+            exclude_self=exclude_self,
+            block_bytes=block_bytes,
+        )
+        for s in range(0, max(n_m, 1), MEMBER_CHUNK)
+    ]
+    if len(parts) == 1:
+        return parts[0].neighbor_keys, parts[0].scores
+    # Every chunk's lists hold float64 re-scored cosines, so merging them by (score desc,
+    # key asc) gives the same ranking a single pass would; padding (-1, -inf) sorts last.
+    keys = np.concatenate([p.neighbor_keys for p in parts], axis=1)
+    scores = np.concatenate([p.scores for p in parts], axis=1)
+    order = np.lexsort((keys, -scores), axis=1)[:, : min(k, n_m)]
+    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def merge_topk(

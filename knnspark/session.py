@@ -57,17 +57,16 @@ def get_session(
     ``input_bytes`` (the input's size on disk, when known) picks the JIT of a local JVM this
     call launches (:func:`jit_options`).
 
-    Python workers get one BLAS thread each: Spark already runs one task per core, and letting
-    each task's BLAS use every core oversubscribes the machine. They also use the system
+    Python workers get one BLAS thread each (``spark.executorEnv``): Spark already runs one
+    task per core, and letting each task's BLAS use every core oversubscribes the machine. The
+    driver's numpy keeps its default threads: its work (k-means, the exact recall sample, the
+    in-memory plan's index) runs while no task does. Workers also use the system
     allocator for Arrow, so a ``spark.executor.pyspark.memory`` budget measures real use.
     """
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     # Workers must run the interpreter that has knnspark's dependencies (the venv's).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    # Read by the Python workers forked by the JVM; the driver's numpy is already initialised.
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
     builder = SparkSession.builder.appName(app_name)
     if master or not under_submit:
         builder = builder.master(master or "local[*]")

@@ -34,6 +34,29 @@ def test_topk_cosine_small_block_uses_many_blocks():
     np.testing.assert_array_equal(a_scores, b_scores)
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 299])
+def test_member_chunks_merge_to_the_single_pass_answer(monkeypatch, chunk):
+    """Members scored in chunks (as against a large table) give the same lists, ties and
+    padding included, as scoring them all at once."""
+    rng = np.random.default_rng(5)
+    x = _unit(rng, 300, 6)
+    x[40:60] = x[40]  # a block of identical vectors: ties across chunk boundaries
+    keys = rng.permutation(5_000)[:300].astype(np.int64)
+    whole = kernel.topk_cosine(x, keys, x, keys, 12)
+    # k larger than the table: padding after every real neighbour.
+    few_whole = kernel.topk_cosine(x[:10], keys[:10], x[:10], keys[:10], 12)
+    monkeypatch.setattr(kernel, "MEMBER_CHUNK", chunk)
+    chunked = kernel.topk_cosine(x, keys, x, keys, 12)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    _, _, sims = brute_force_topk(x, keys, 12)
+    assert_topk_matches(chunked[0], chunked[1], keys, sims, 12)
+    few = kernel.topk_cosine(x[:10], keys[:10], x[:10], keys[:10], 12)
+    assert few[0].shape == (10, 10) and np.all(few[0][:, -1] == -1)
+    np.testing.assert_array_equal(few[0], few_whole[0])
+    np.testing.assert_array_equal(few[1], few_whole[1])
+
+
 def test_ties_break_by_key_and_ignore_input_order():
     # Five identical members: all score 1.0 against the query; keys decide.
     v = np.ones((1, 4), dtype=np.float32) / 2
