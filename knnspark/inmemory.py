@@ -214,13 +214,14 @@ def search_in_memory(
     rounds = 0
     # Probing every cluster scores every pair: the graph is exact, and a round cannot change it
     # (small tables: 10k items make 10 clusters, which the default n_probe of 10 covers).
-    exhaustive = n_probe >= n_clusters
-    if exhaustive and config.resolve_n_refine():
+    n_refine = config.resolve_n_refine()
+    if n_probe >= n_clusters and n_refine:
         log.info(
             "n_probe %d covers all %d clusters: the search is exact, no rounds", n_probe, n_clusters
         )
+        n_refine = 0
     if tune is None:
-        for r in range(1, 0 if exhaustive else config.resolve_n_refine() + 1):
+        for r in range(1, n_refine + 1):
             steps.append({"step": "refine", "round": r})
             pos, scores = refine(pos, scores, r)
             rounds = r

@@ -92,18 +92,18 @@ def get_session(
 
     jvm_running = SparkContext._gateway is not None  # type: ignore[attr-defined]
     existed = SparkContext._active_spark_context is not None  # type: ignore[attr-defined]
-    if not under_submit and not jvm_running and os.environ.get(CDS_ENV, "1") != "0":
+    if not under_submit and not jvm_running:
         # Only when we launch the JVM: under spark-submit (or in a process that already
         # started one) JVM options cannot change any more.
-        options = _cds_options(merged)
+        local = (master or "local[*]").startswith("local")
+        jit = jit_options(input_bytes) if local else ""
+        cds = _cds_options(merged) if os.environ.get(CDS_ENV, "1") != "0" else ""
+        # The JIT option first, so a user's own -XX option in the conf still wins (the last
+        # one does).
+        extra = merged.get("spark.driver.extraJavaOptions", "")
+        options = " ".join(o for o in (jit, extra, cds) if o)
         if options:
-            extra = merged.get("spark.driver.extraJavaOptions", "")
-            merged["spark.driver.extraJavaOptions"] = f"{extra} {options}".strip()
-    if not under_submit and not jvm_running and (master or "local[*]").startswith("local"):
-        jit = jit_options(input_bytes)
-        if jit:  # first, so a user's own -XX option in the conf still wins (the last one does)
-            extra = merged.get("spark.driver.extraJavaOptions", "")
-            merged["spark.driver.extraJavaOptions"] = f"{jit} {extra}".strip()
+            merged["spark.driver.extraJavaOptions"] = options
     for key, value in merged.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
