@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from knnspark import inmemory, kernel, udfs
+from knnspark import inmemory, kernel, sampling, udfs
 from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
@@ -64,9 +65,10 @@ class Prepared:
 
     Attributes
     ----------
-    data : DataFrame
+    data : DataFrame or None
         ``key long, vec binary`` (unit vectors as packed float32), persisted; for Jaccard ``vec`` is
-        ``array<bigint>``, each set's distinct 64-bit token hashes, sorted.
+        ``array<bigint>``, each set's distinct 64-bit token hashes, sorted. ``None`` when the
+        driver prepared the input (:func:`prepare_on_driver`): the vectors are in ``items``.
     n_items, dim : int
         Row count and vector dimension (0 for sets).
     id_type : DataType
@@ -78,13 +80,15 @@ class Prepared:
         With ``on_invalid="skip"``: the invalid rows as ``id, vector, reason``.
     """
 
-    data: DataFrame
+    data: DataFrame | None
     n_items: int
     dim: int
     id_type: T.DataType
     id_map: DataFrame | None
     rejected: DataFrame | None = None
     metric: str = "cosine"
+    #: (keys (n,) int64 ascending, unit vectors (n, dim) float32) when held by the driver.
+    items: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def vec_type(self) -> str:
@@ -130,14 +134,14 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     recall)."""
     spark = df.sparkSession
     report = RunReport()
-    prep = prepare_input(df, config, report)
+    prep = prepare_on_driver(df, config, report) or prepare_input(df, config, report)
     n, k = prep.n_items, config.k
     kk = min(k, max(n - 1, 0))
     report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)
     if kk == 0:
         merged = spark.createDataFrame([], _MERGED_SCHEMA)
     else:
-        in_memory = (
+        in_memory = prep.items is not None or (
             config.method in ("kmeans", "exact")
             and config.metric == "cosine"
             and inmemory.fits_in_memory(spark, n, prep.dim, config)
@@ -436,6 +440,94 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
         id_map=id_map,
         rejected=rejected,
         metric=config.metric,
+    )
+
+
+def prepare_on_driver(
+    df: DataFrame, config: KnnConfig, report: RunReport | None = None
+) -> Prepared | None:
+    """Validate and normalise a cosine table the in-memory plan will take, straight to the driver.
+
+    The in-memory plan collects every unit vector to the driver anyway. When the table's row
+    count (a cheap metadata job for files) and first vector length say it fits the plan's
+    budget, one Spark job validates and normalises the rows in the Python workers and brings
+    them to the driver, which checks ids, statuses and lengths in numpy: no cached copy, no
+    aggregation and duplicate-id jobs (at 100k x 384 these cost about 5 s of a 45 s run).
+
+    Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, a
+    table beyond the budget, or any invalid row: :func:`prepare_input` names the problems, or
+    sets the rows aside, exactly as for any other table.
+    """
+    if config.metric != "cosine" or config.method not in ("kmeans", "exact"):
+        return None
+    report = report or RunReport()
+    spark = df.sparkSession
+    id_col = config.id_col
+    id_type, vec = _resolve_types(df, config)
+    with stage(spark, report, "validate") as info:
+        n_rows = df.count()
+        first = df.select(F.size(vec)).limit(1).collect()
+        dim = int(first[0][0]) if first and first[0][0] is not None else 0
+        if n_rows < 2 or dim < 1 or not inmemory.fits_in_memory(spark, n_rows, dim, config):
+            return None
+        raw = df.select(F.col(id_col), vec.alias("_vec"))
+        schema = T.StructType(
+            [
+                T.StructField(id_col, id_type),
+                T.StructField("vec", T.BinaryType()),
+                T.StructField("dim", T.IntegerType()),
+                T.StructField("status", T.ByteType()),
+            ]
+        )
+        tbl = raw.mapInArrow(
+            functools.partial(udfs.prepare_batches, id_col=id_col, vector_col="_vec"), schema
+        ).toArrow()
+        ids = tbl.column(id_col)
+        status = tbl.column("status").to_numpy()
+        dims = tbl.column("dim").fill_null(0).to_numpy()
+        order = np.asarray(pc.sort_indices(ids).to_numpy(zero_copy_only=False))
+        sorted_ids = ids.take(order)
+        duplicate = len(order) > 1 and bool(
+            pc.any(pc.equal(sorted_ids[1:], sorted_ids[:-1])).as_py()
+        )
+        if ids.null_count or (status != udfs.STATUS_OK).any() or (dims != dim).any() or duplicate:
+            # Rare, and the Spark pass reports every problem with examples (or sets the rows
+            # aside): paying a second read here keeps one implementation of both.
+            log.info("input has invalid rows: validating in Spark to report them")
+            return None
+        vecs = udfs.column_items(tbl.column("vec"), "cosine", dim)[order]
+        info["rows"] = n_rows = len(order)
+    report.counts["n_input_rows"] = n_rows
+    report.counts["n_rejected"] = 0
+    if isinstance(id_type, T.StringType):
+        # Keys are the ids' ranks in sorted order, as _string_keys numbers them (Arrow sorts
+        # strings by their UTF-8 bytes, as Spark does).
+        keys = np.arange(n_rows, dtype=np.int64)
+        id_map = spark.createDataFrame(pa.table({id_col: sorted_ids.combine_chunks(), "key": keys}))
+    else:
+        keys = sorted_ids.to_numpy().astype(np.int64)
+        id_map = None
+    rejected = None
+    if config.on_invalid == "skip":  # an empty rejected table, so a rerun clears the previous one
+        rejected = spark.createDataFrame(
+            [],
+            T.StructType(
+                [
+                    T.StructField(id_col, id_type),
+                    T.StructField(config.vector_col, raw.schema["_vec"].dataType),
+                    T.StructField("reason", T.StringType()),
+                ]
+            ),
+        )
+    return Prepared(
+        data=None,
+        n_items=n_rows,
+        dim=dim,
+        id_type=id_type,
+        id_map=id_map,
+        rejected=rejected,
+        metric="cosine",
+        items=(keys, vecs),
     )
 
 
@@ -757,15 +849,20 @@ def _fit_centroids(
     with stage(spark, report, "sample") as info:
         sample_size = config.resolve_sample_size(n, n_clusters)
         # Seeded hash of the key, not DataFrame.sample: the sample must not depend on how the
-        # input is partitioned, or two runs over the same table would differ.
-        scale = 1 << 30
-        threshold = min(scale, math.ceil(sample_size / n * scale))
-        _, x = _collect_items(
-            prep.data.filter(
-                F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(scale)) < threshold
-            ),
-            prep,
-        )
+        # input is partitioned, or two runs over the same table would differ. The driver's
+        # copy draws the same rows (knnspark.sampling) without a Spark job.
+        if prep.items is not None:
+            keys, vecs = prep.items
+            x = vecs[sampling.kmeans_sample_rows(keys, config.seed, sample_size)]
+        else:
+            threshold = sampling.kmeans_sample_threshold(n, sample_size)
+            _, x = _collect_items(
+                prep.data.filter(
+                    F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(sampling.SAMPLE_SCALE))
+                    < threshold
+                ),
+                prep,
+            )
         info["rows"] = len(x)
     with stage(spark, report, "kmeans") as info:
         n_clusters = max(1, min(n_clusters, len(x)))
@@ -790,17 +887,19 @@ def _kmeans_in_memory(
         # a threshold that the other clusters' pairs are compared against, instead of a
         # partial sort of every score.
         config = config.replace(target_recall=None, n_probe=None, n_refine=0)
+    if prep.items is None:
+        with stage(spark, report, "collect") as info:
+            prep.items = _collect_items(prep.data, prep)
+            info["rows"] = prep.n_items
+    keys, vecs = prep.items
     centroids = _fit_centroids(spark, prep, config, report)
-    with stage(spark, report, "collect") as info:
-        keys, vecs = _collect_items(prep.data, prep)
-        info["rows"] = len(keys)
     report.resolved.update(method=config.method, n_clusters=len(centroids))
     tune = None
     if exact:
         n_probe = len(centroids)
     elif config.target_recall is not None:
         with stage(spark, report, "tune") as info:
-            sample_keys, _ = _hash_sample(prep, config.seed + 3, config.tune_sample)
+            sample_keys = keys[sampling.hash_sample_rows(keys, config.seed + 3, config.tune_sample)]
             n_probe, tune = inmemory.tune_start(keys, vecs, sample_keys, centroids, config, kk)
             info["rows"] = len(sample_keys)
     else:
@@ -829,8 +928,8 @@ def _kmeans_in_memory(
                 scores[short] = s
         if config.recall_sample > 0:
             with stage(spark, report, "recall") as info:
-                sample_keys, _ = _hash_sample(prep, config.seed + 1, config.recall_sample)
-                rows = np.searchsorted(keys, sample_keys)
+                rows = sampling.hash_sample_rows(keys, config.seed + 1, config.recall_sample)
+                sample_keys = keys[rows]
                 _, exact_scores = kernel.topk_cosine(
                     vecs[rows], sample_keys, vecs, keys, kk, block_bytes=config.block_bytes
                 )

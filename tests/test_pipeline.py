@@ -230,3 +230,45 @@ def test_thirty_percent_identical_vectors_split_not_sampled(spark):
         assert nbrs == [i for i in hot_sorted if i != item][:5]
         assert scores == [1.0] * 5
     assert result.report.recall["recall_at_k"] >= 0.9
+
+
+@pytest.mark.parametrize("id_type", ["long", "string"])
+def test_driver_prepared_input_gives_the_spark_prepared_table(
+    spark, clustered, id_type, monkeypatch
+):
+    """A table the in-memory plan takes is validated on the driver (no cached copy, no collect
+    stage); the result is the table the Spark validation pass leads to, row for row."""
+    from knnspark import pipeline
+
+    keys, x = clustered
+    keys, x = keys[:1500], x[:1500]
+    df = to_df(spark, keys, x, id_type=id_type)
+    cfg = KnnConfig(k=7, n_clusters=12, n_probe=2, n_refine=1, recall_sample=200, seed=4)
+    driver = compute_neighbors(df, cfg)
+    assert "collect" not in driver.report.timings and "normalise" not in driver.report.timings
+    assert driver.report.resolved["plan"] == "in-memory"
+    monkeypatch.setattr(pipeline, "prepare_on_driver", lambda *a, **kw: None)
+    spark_side = compute_neighbors(df, cfg)
+    assert "collect" in spark_side.report.timings
+    cols = ["item_id", "rank", "neighbor_id", "score"]
+    assert driver.table.orderBy("item_id", "rank").select(cols).collect() == (
+        spark_side.table.orderBy("item_id", "rank").select(cols).collect()
+    )
+    for key in ("kmeans_sample_rows", "n_probe", "n_refine"):
+        assert driver.report.resolved[key] == spark_side.report.resolved[key]
+    assert driver.report.recall == spark_side.report.recall
+    assert driver.report.counts["n_input_rows"] == 1500
+    assert driver.report.counts["n_rejected"] == 0
+
+
+def test_invalid_rows_fall_back_to_the_spark_validation(spark, clustered):
+    """A duplicate id found on the driver sends the run through the Spark pass, which names it."""
+    keys, x = clustered
+    keys = keys[:200].copy()
+    keys[5] = keys[9]
+    with pytest.raises(InputError) as err:
+        compute_neighbors(to_df(spark, keys, x[:200]), KnnConfig(k=3))
+    assert err.value.check == "duplicate_id" and err.value.examples == [int(keys[9])]
+    skipped = compute_neighbors(to_df(spark, keys, x[:200]), KnnConfig(k=3, on_invalid="skip"))
+    assert skipped.report.counts["n_rejected"] == 1
+    assert skipped.table.select("item_id").distinct().count() == 199
