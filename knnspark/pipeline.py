@@ -454,11 +454,16 @@ def prepare_on_driver(
     them to the driver, which checks ids, statuses and lengths in numpy: no cached copy, no
     aggregation and duplicate-id jobs (at 100k x 384 these cost about 5 s of a 45 s run).
 
-    Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, a
-    table beyond the budget, or any invalid row: :func:`prepare_input` names the problems, or
+    Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, an
+    input that is more than a scan (a join would be computed twice), a table beyond the budget,
+    or any invalid row: :func:`prepare_input` names the problems, or
     sets the rows aside, exactly as for any other table.
     """
     if config.metric != "cosine" or config.method not in ("kmeans", "exact"):
+        return None
+    if not _cheap_to_count(df):
+        # Counting first would compute an expensive input (a join, an aggregate) twice; the
+        # Spark pass computes it once and caches it.
         return None
     report = report or RunReport()
     spark = df.sparkSession
@@ -529,6 +534,37 @@ def prepare_on_driver(
         metric="cosine",
         items=(keys, vecs),
     )
+
+
+#: Logical plan nodes whose count costs no more than reading the rows once (a file's count
+#: comes from its metadata).
+_CHEAP_PLAN_NODES = frozenset(
+    {
+        "Project",
+        "Filter",
+        "SubqueryAlias",
+        "LogicalRelation",
+        "LocalRelation",
+        "LogicalRDD",
+        "Range",
+        "InMemoryRelation",
+        "HiveTableRelation",
+        "DataSourceV2Relation",
+        "DataSourceV2ScanRelation",
+    }
+)
+
+
+def _cheap_to_count(df: DataFrame) -> bool:
+    """Whether ``df`` is a scan (with projections and filters) of a table, files or local data."""
+    stack = [df._jdf.queryExecution().optimizedPlan()]
+    while stack:
+        node = stack.pop()
+        if node.nodeName() not in _CHEAP_PLAN_NODES:
+            return False
+        children = node.children()
+        stack.extend(children.apply(i) for i in range(children.size()))
+    return True
 
 
 def _check_sets(raw: DataFrame, id_col: str, keep_raw: bool) -> DataFrame:

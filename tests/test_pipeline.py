@@ -272,3 +272,18 @@ def test_invalid_rows_fall_back_to_the_spark_validation(spark, clustered):
     skipped = compute_neighbors(to_df(spark, keys, x[:200]), KnnConfig(k=3, on_invalid="skip"))
     assert skipped.report.counts["n_rejected"] == 1
     assert skipped.table.select("item_id").distinct().count() == 199
+
+
+def test_only_cheap_inputs_are_counted_up_front(spark, clustered):
+    """An input that is costly to compute (here a join) takes the Spark validation pass, which
+    computes it once; a plain scan is validated on the driver."""
+    from knnspark.pipeline import _cheap_to_count
+
+    keys, x = clustered
+    df = to_df(spark, keys[:300], x[:300])
+    assert _cheap_to_count(df) and _cheap_to_count(df.filter("id > 3").select("id", "vector"))
+    joined = df.join(df.select("id"), "id")
+    assert not _cheap_to_count(joined)
+    result = compute_neighbors(joined, KnnConfig(k=3))
+    assert "collect" in result.report.timings and result.report.resolved["plan"] == "in-memory"
+    assert_invariants(result.table, keys[:300].tolist(), 3)
