@@ -87,3 +87,24 @@ def test_work_cap_cuts_the_larger_side():
     # a cap below one pair stops at single rows instead of looping forever
     tiny = BucketPlan.from_counts(np.array([3]), np.array([2]), 10, 10, 0, max_work=1, dim=8)
     assert tiny.member_chunks[0] == 3 and tiny.query_chunks[0] == 2
+
+
+def test_cluster_sums_add_rows_in_order():
+    """Per-cluster slice sums equal the sequential ``np.add.reduceat`` to the bit (k-means'
+    centroids must not change with the implementation), with empty clusters left at zero."""
+    from knnspark.kmeans import _cluster_sums
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 48)).astype(np.float32)
+    labels = rng.integers(0, 40, 3000) * 2  # odd clusters stay empty
+    got = _cluster_sums(x, labels, 81)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    want = np.zeros((81, 48))
+    want[sorted_labels[starts]] = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    assert np.array_equal(got, want)
+    assert not got[1::2].any()
+    exact = np.zeros((81, 48))
+    np.add.at(exact, labels, x.astype(np.float64))
+    np.testing.assert_allclose(got, exact, rtol=1e-12, atol=1e-12)
