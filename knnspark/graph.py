@@ -158,8 +158,14 @@ def probed_topk(
                     hit_r, hit_c, hit_s = hit_r[ok], hit_c[ok], hit_s[ok]
                 else:
                     # Only pairs at least as good as the k-th found so far can enter the top-k.
-                    hit_r, hit_c = np.nonzero(scores >= np.maximum(tau[r], floor)[:, None])
-                    hit_s = scores[hit_r, hit_c]
+                    bar = np.maximum(tau[r], floor)
+                    # Most rows have no pair over their bar: a row-max pass (one read) finds
+                    # the rows that do, and only those get the compare and nonzero passes.
+                    rows_hit = np.flatnonzero(scores.max(axis=1) >= bar)
+                    sub = scores[rows_hit]
+                    hit_r, hit_c = np.nonzero(sub >= bar[rows_hit, None])
+                    hit_s = sub[hit_r, hit_c]
+                    hit_r = rows_hit[hit_r]
                 cand_q.append(r[hit_r])
                 cand_p.append(members[hit_c])
                 cand_s.append(hit_s)
