@@ -345,6 +345,25 @@ def _split_invalid(
     return valid, rejected
 
 
+def _prepared_rows(raw: DataFrame, id_col: str, id_type: T.DataType, keep_raw: bool) -> DataFrame:
+    """``raw`` (``id_col, _vec``) validated and normalised by :func:`udfs.prepare_batches`:
+    ``id, vec, dim, status`` and, with ``keep_raw``, the input vector as ``raw``."""
+    fields = [
+        T.StructField(id_col, id_type),
+        T.StructField("vec", T.BinaryType()),
+        T.StructField("dim", T.IntegerType()),
+        T.StructField("status", T.ByteType()),
+    ]
+    if keep_raw:
+        fields.append(T.StructField("raw", raw.schema["_vec"].dataType))
+    return raw.mapInArrow(
+        functools.partial(
+            udfs.prepare_batches, id_col=id_col, vector_col="_vec", keep_raw=keep_raw
+        ),
+        T.StructType(fields),
+    )
+
+
 def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = None) -> Prepared:
     """Validate ``df`` and return unit vectors keyed by a long key.
 
@@ -362,20 +381,7 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
         if config.metric == "jaccard":
             checked = _check_sets(raw, id_col, skip)
         else:
-            fields = [
-                T.StructField(id_col, id_type),
-                T.StructField("vec", T.BinaryType()),
-                T.StructField("dim", T.IntegerType()),
-                T.StructField("status", T.ByteType()),
-            ]
-            if skip:
-                fields.append(T.StructField("raw", raw.schema["_vec"].dataType))
-            checked = raw.mapInArrow(
-                functools.partial(
-                    udfs.prepare_batches, id_col=id_col, vector_col="_vec", keep_raw=skip
-                ),
-                T.StructType(fields),
-            )
+            checked = _prepared_rows(raw, id_col, id_type, keep_raw=skip)
         checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
         problems, n_rows, dim = _find_problems(checked, id_col)
         info["rows"] = n_rows
@@ -476,17 +482,7 @@ def prepare_on_driver(
         if n_rows < 2 or dim < 1 or not inmemory.fits_in_memory(spark, n_rows, dim, config):
             return None
         raw = df.select(F.col(id_col), vec.alias("_vec"))
-        schema = T.StructType(
-            [
-                T.StructField(id_col, id_type),
-                T.StructField("vec", T.BinaryType()),
-                T.StructField("dim", T.IntegerType()),
-                T.StructField("status", T.ByteType()),
-            ]
-        )
-        tbl = raw.mapInArrow(
-            functools.partial(udfs.prepare_batches, id_col=id_col, vector_col="_vec"), schema
-        ).toArrow()
+        tbl = _prepared_rows(raw, id_col, id_type, keep_raw=False).toArrow()
         ids = tbl.column(id_col)
         status = tbl.column("status").to_numpy()
         dims = tbl.column("dim").fill_null(0).to_numpy()
