@@ -314,10 +314,11 @@ def topk_cosine(
         return parts[0].neighbor_keys, parts[0].scores
     # Every chunk's lists hold float64 re-scored cosines, so merging them by (score desc,
     # key asc) gives the same ranking a single pass would; padding (-1, -inf) sorts last.
-    keys = np.concatenate([p.neighbor_keys for p in parts], axis=1)
-    scores = np.concatenate([p.scores for p in parts], axis=1)
-    order = np.lexsort((keys, -scores), axis=1)[:, : min(k, n_m)]
-    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    keys, scores = _ranked(
+        np.concatenate([p.neighbor_keys for p in parts], axis=1),
+        np.concatenate([p.scores for p in parts], axis=1),
+    )
+    return keys[:, : min(k, n_m)], scores[:, : min(k, n_m)]
 
 
 def merge_topk(
