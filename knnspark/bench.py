@@ -204,7 +204,7 @@ PEERS: dict[str, tuple[str | None, Any, dict]] = {
 #: the same first rows as the MLlib baseline.
 KNNSPARK: dict[str, list[str]] = {
     "knnspark_exact": ["--method", "exact"],
-    "knnspark_fast": ["--n-probe", "4", "--n-refine", "1"],
+    "knnspark_fast": ["--n-probe", "6", "--n-refine", "1", "--refine-fanout", "4"],
     "knnspark_default": [],
     "knnspark_target_090": ["--target-recall", "0.90"],
     "knnspark_target_095": ["--target-recall", "0.95"],

@@ -91,6 +91,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         help="neighbour-of-neighbour refinement rounds of the in-memory k-means plan (default 2)",
     )
     p.add_argument(
+        "--refine-fanout",
+        type=int,
+        help="each refinement round scores the lists of an item's best N neighbours "
+        "(default: all k; fewer is faster for a little recall)",
+    )
+    p.add_argument(
         "--broadcast-max-mb",
         type=int,
         help="largest vector table (n x dim x 4 bytes, in MB) searched in memory by every "

@@ -103,6 +103,11 @@ class KnnConfig:
     n_refine : int or None
         Refinement rounds of the in-memory plan: each item re-scores its neighbours' neighbours
         and the items that list it, keeping the best ``k`` (the NN-descent idea). ``None``: 2.
+    refine_fanout : int or None
+        Each round scores the lists of an item's best ``refine_fanout`` neighbours (``None``:
+        all ``k``). Fewer cost less for a little recall: on the real word embeddings (k = 10,
+        n_probe 8, one round) the best 4 reach recall 0.89 in 55% of the time all 10 take to
+        reach 0.91.
     broadcast_max_mb : int
         The k-means search holds every unit vector in each Python worker (the in-memory plan)
         when ``n_items x dim x 4`` bytes fit this budget; larger tables use the shuffle plan
@@ -147,6 +152,7 @@ class KnnConfig:
     lsh_false_negative_weight: float = 0.99
     n_perm: int = 128
     n_refine: int | None = None
+    refine_fanout: int | None = None
     broadcast_max_mb: int = 512
     on_invalid: str = "error"
     recall_sample: int = 1000
@@ -276,6 +282,7 @@ _CONSTRAINTS = {
     "lsh_false_negative_weight": _open_unit,
     "n_perm": _int_range(2, 4096),
     "n_refine": _int_range(0, 20, optional=True),
+    "refine_fanout": _int_range(1, optional=True),
     "broadcast_max_mb": _int_range(0),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),

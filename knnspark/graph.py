@@ -227,6 +227,9 @@ def refine_topk(
     reverse: np.ndarray,
     k: int,
     fresh: np.ndarray | None = None,
+    *,
+    fanout: int | None = None,
+    fresh_top: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One refinement round: each query's best ``k`` among its neighbours, their neighbours and
     the items that list it.
@@ -248,6 +251,16 @@ def refine_topk(
         neighbour's neighbour ``v`` (via ``u``) was already scored last round unless ``u`` is
         fresh in the query's list or ``v`` is fresh in ``u``'s, so only those pairs are scored
         again (the NN-descent "new" flags). ``None``: every pair.
+    fanout : int, optional
+        Only the query's best ``fanout`` neighbours have their lists scored (all when
+        ``None``). The neighbours' neighbours are most of the candidates, and the best
+        neighbours' lists hold most of the gain (word set, one round after n_probe 8: the
+        best 4 of 10 lift recall@10 from 0.76 to 0.89 in 55% of the time all 10 take to reach
+        0.91).
+    fresh_top : ndarray of shape (n, fanout), bool, optional
+        With ``fresh`` and a ``fanout`` below ``kg``: which of each item's first ``fanout``
+        entries were not among its first ``fanout`` last round (only those lists were scored
+        then; ``fresh_entries(graph[:, :fanout], previous[:, :fanout])``).
 
     Returns
     -------
@@ -257,15 +270,25 @@ def refine_topk(
     """
     n = len(vecs)
     b = len(query_rows)
+    m = graph.shape[1] if fanout is None else min(fanout, graph.shape[1])
+    if fresh is not None:
+        if m == graph.shape[1]:
+            fresh_top = fresh
+        elif fresh_top is None or fresh_top.shape[1] != m:
+            raise ValueError(
+                f"fanout {m} is below the graph's width {graph.shape[1]}: pass fresh_top, the "
+                "flags of the first fanout entries against the previous graph's first fanout"
+            )
     out_pos = np.full((b, k), -1, dtype=np.int64)
     out_s = np.full((b, k), -np.inf, dtype=np.float32)
     for s in range(0, b, _REFINE_ROWS):
         q = query_rows[s : s + _REFINE_ROWS]
         nb = graph[q]
-        nb2 = graph[np.maximum(nb, 0)]  # (c, kg, kg)
-        keep = nb[:, :, None] >= 0
+        via = nb[:, :m]  # whose lists are scored
+        nb2 = graph[np.maximum(via, 0)]  # (c, m, kg)
+        keep = via[:, :, None] >= 0
         if fresh is not None:
-            keep = keep & (fresh[q][:, :, None] | fresh[np.maximum(nb, 0)])
+            keep = keep & (fresh_top[q][:, :, None] | fresh[np.maximum(via, 0)])
         nb2 = np.where(keep, nb2, -1).reshape(len(q), -1)
         cand = np.concatenate([nb, nb2, reverse[q]], axis=1)
         # n marks "no candidate": it sorts after every position, so one sort puts the valid

@@ -17,6 +17,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
@@ -30,6 +33,9 @@ __all__ = [
     "partition_path",
     "publish_table",
     "read_input",
+    "local_parquet_files",
+    "local_parquet_shape",
+    "read_local_parquet",
     "register_table",
 ]
 
@@ -52,6 +58,63 @@ def read_input(spark: SparkSession, path: str, fmt: str = "parquet") -> DataFram
         raise InputError(
             f"cannot read {path!r} as {fmt}: {text.splitlines()[0]}", check="unreadable"
         ) from exc
+
+
+def local_parquet_files(df: DataFrame) -> list[str] | None:
+    """The local files of ``df`` when it is a plain scan of Parquet files, else ``None``.
+
+    A plain scan is the relation itself, or a projection of its columns without renames or
+    expressions; filters, partition columns (their values live in directory names), other
+    formats and non-local files (``s3a://``, ``hdfs://`` ...) all return ``None``. The files are
+    the ones Spark resolved for ``df`` (its globs, path filters and hidden-file rules applied).
+    """
+    plan = df._jdf.queryExecution().optimizedPlan()
+    if plan.nodeName() == "Project":
+        items = plan.projectList()
+        if any(
+            items.apply(i).getClass().getSimpleName() != "AttributeReference"
+            for i in range(items.size())
+        ):
+            return None
+        plan = plan.child()
+    if plan.nodeName() != "LogicalRelation":
+        return None
+    relation = plan.relation()
+    if relation.getClass().getSimpleName() != "HadoopFsRelation":
+        return None
+    if relation.fileFormat().toString() != "Parquet" or relation.partitionSchema().length():
+        return None
+    files = df.inputFiles()
+    if not files or not all(f.startswith("file:") for f in files):
+        return None
+    from urllib.parse import unquote, urlparse
+
+    return [unquote(urlparse(f).path) for f in files]
+
+
+def local_parquet_shape(files: list[str], vector_col: str) -> tuple[int, int] | None:
+    """Row count (from the files' footers) and first vector length of local Parquet ``files``;
+    ``None`` when pyarrow cannot read them (Spark may still, or report why)."""
+    try:
+        n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        for f in files:
+            first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=[vector_col]), None)
+            if first is not None and first.num_rows:
+                return n_rows, pc.list_value_length(first.column(0))[0].as_py() or 0
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        log.info("pyarrow cannot read the input (%s); reading it in Spark", exc)
+        return None
+    return n_rows, 0
+
+
+def read_local_parquet(files: list[str], columns: list[str]) -> pa.Table | None:
+    """``columns`` of local Parquet ``files`` as one table on the driver; ``None`` when pyarrow
+    cannot read them as one table (Spark may still, or report why)."""
+    try:
+        return pq.read_table(files, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        log.info("pyarrow cannot read the input (%s); reading it in Spark", exc)
+        return None
 
 
 def local_input_bytes(path: str) -> int | None:

@@ -192,6 +192,14 @@ def _rows_of(starts: np.ndarray, value_mask: np.ndarray) -> np.ndarray:
     return np.unique(np.searchsorted(starts, np.nonzero(value_mask)[0], side="right") - 1)
 
 
+def warm_up_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One row per task: the process id. Run as a job for its side effect, which is a started
+    Python worker that has imported this module (and with it the kernels)."""
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_arrays([pa.array([os.getpid()], pa.int64())], ["pid"])
+
+
 def prepare_batches(
     batches: Iterator[pa.RecordBatch], id_col: str, vector_col: str, keep_raw: bool = False
 ) -> Iterator[pa.RecordBatch]:
@@ -591,19 +599,22 @@ def _probes_home_first(
 def refine_block_batches(
     batches: Iterator[pa.RecordBatch],
     index: dict,
-    graph_bc: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    graph_bc: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
     k: int,
     block_rows: int,
+    fanout: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """One refinement round (:func:`knnspark.graph.refine_topk`) of the named query blocks.
 
-    ``graph_bc`` (broadcast): the current neighbour positions (n, k), reverse lists (n, r) and
-    fresh-entry flags (n, k) or ``None``.
+    ``graph_bc`` (broadcast): the current neighbour positions (n, k), reverse lists (n, r), and
+    the fresh-entry flags (n, k) and (n, fanout) or ``None``.
     """
     _maybe_fail("refine_block_batches")
-    nbrs, reverse, fresh = graph_bc
+    nbrs, reverse, fresh, fresh_top = graph_bc
     for _, rows in _block_rows(batches, index["cluster_rows"], block_rows):
-        pos, scores = graph.refine_topk(index["vecs"], rows, nbrs, reverse, k, fresh)
+        pos, scores = graph.refine_topk(
+            index["vecs"], rows, nbrs, reverse, k, fresh, fanout=fanout, fresh_top=fresh_top
+        )
         yield _graph_batch(rows, pos, scores)
 
 

@@ -124,3 +124,50 @@ def test_fresh_flags_skip_only_pairs_already_scored():
     # The flags: an entry is fresh exactly when it was not in the row before.
     for i in range(300):
         assert fresh[i].tolist() == [int(v) not in set(g0[i].tolist()) for v in g1[i]]
+
+
+def test_refine_fanout_scores_only_the_best_neighbours_lists():
+    rng = np.random.default_rng(5)
+    vecs = _unit(rng.standard_normal((200, 8)))
+    k, m = 6, 2
+    nbrs = np.array(
+        [rng.choice(np.delete(np.arange(200), i), k, replace=False) for i in range(200)]
+    )
+    nbrs[::9, -3:] = -1  # some short lists
+    scores = np.einsum("id,ikd->ik", vecs, vecs[np.maximum(nbrs, 0)]).astype(np.float32)
+    scores[nbrs < 0] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")  # lists best first, as the graph keeps them
+    nbrs, scores = np.take_along_axis(nbrs, order, 1), np.take_along_axis(scores, order, 1)
+    rev = graph.reverse_lists(nbrs, scores, k)
+    q = np.arange(200)
+    pos, _ = graph.refine_topk(vecs, q, nbrs, rev, k, fanout=m)
+    full, _ = graph.refine_topk(vecs, q, nbrs, rev, k)
+    assert (pos != full).any()  # the fanout leaves candidates out
+    for i in range(200):
+        own = nbrs[i][nbrs[i] >= 0]
+        cands = list(own) + [j for u in own[:m] for j in nbrs[u] if j >= 0]
+        cands += list(rev[i][rev[i] >= 0])
+        assert pos[i].tolist() == _oracle(vecs, i, cands, k)
+
+
+def test_fresh_flags_with_a_fanout_skip_only_pairs_already_scored():
+    # With a fanout, a list was scored last round only if its owner was among the query's
+    # first `fanout` then: round 2 with both flag arrays equals round 2 scoring every pair.
+    rng = np.random.default_rng(6)
+    vecs = _unit(rng.standard_normal((300, 10)))
+    k, m = 6, 3
+    others = [np.delete(np.arange(300), i) for i in range(300)]
+    g0 = np.array([rng.choice(o, k, replace=False) for o in others])
+    s0 = np.einsum("id,ikd->ik", vecs, vecs[g0]).astype(np.float32)
+    q = np.arange(300)
+    g1, s1 = graph.refine_topk(vecs, q, g0, graph.reverse_lists(g0, s0, k), k, fanout=m)
+    rev = graph.reverse_lists(g1, s1, k)
+    fresh = graph.fresh_entries(g1, g0)
+    fresh_top = graph.fresh_entries(g1[:, :m], g0[:, :m])
+    assert (fresh_top & ~fresh[:, :m]).any()  # moved up into the first m: a new list to score
+    full = graph.refine_topk(vecs, q, g1, rev, k, fanout=m)
+    flagged = graph.refine_topk(vecs, q, g1, rev, k, fresh, fanout=m, fresh_top=fresh_top)
+    np.testing.assert_array_equal(flagged[0], full[0])
+    np.testing.assert_array_equal(flagged[1], full[1])
+    with pytest.raises(ValueError, match="fresh_top"):
+        graph.refine_topk(vecs, q, g1, rev, k, fresh, fanout=m)

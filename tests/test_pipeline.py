@@ -287,3 +287,85 @@ def test_only_cheap_inputs_are_counted_up_front(spark, clustered):
     result = compute_neighbors(joined, KnnConfig(k=3))
     assert "collect" in result.report.timings and result.report.resolved["plan"] == "in-memory"
     assert_invariants(result.table, keys[:300].tolist(), 3)
+
+
+def test_local_parquet_is_read_on_the_driver_and_gives_the_spark_read_table(
+    spark, clustered, tmp_path, monkeypatch
+):
+    """Local Parquet files are read by pyarrow on the driver (no Spark job before the search);
+    the table is the one the Spark-read validation gives, row for row."""
+    from knnspark import io
+
+    keys, x = clustered
+    path = str(tmp_path / "emb")
+    to_df(spark, keys[:1200], x[:1200], id_type="string").repartition(3).write.parquet(path)
+    df = spark.read.parquet(path)
+    cfg = KnnConfig(k=5, n_clusters=8, n_probe=2, n_refine=2, refine_fanout=3, seed=2)
+    driver = compute_neighbors(df, cfg)
+    assert driver.report.resolved["input_read"] == "pyarrow"
+    assert driver.report.resolved["refine_fanout"] == 3
+    monkeypatch.setattr(io, "local_parquet_files", lambda _df: None)
+    spark_read = compute_neighbors(df, cfg)
+    assert spark_read.report.resolved["input_read"] == "spark"
+    cols = ["item_id", "rank", "neighbor_id", "score"]
+    assert driver.table.orderBy("item_id", "rank").select(cols).collect() == (
+        spark_read.table.orderBy("item_id", "rank").select(cols).collect()
+    )
+    assert driver.report.recall == spark_read.report.recall
+    assert driver.report.recall["recall_at_k"] > 0.9
+
+
+def test_which_inputs_the_driver_reads(spark, tmp_path):
+    """Only a plain scan of local Parquet files without partition columns: anything Spark
+    would compute or interpret differently stays with Spark."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from knnspark import io
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    plain = tmp_path / "plain"
+    to_df(spark, np.arange(40), x).write.parquet(str(plain))
+    df = spark.read.parquet(str(plain))
+    files = io.local_parquet_files(df)
+    assert files and all(f.startswith(str(plain)) and f.endswith(".parquet") for f in files)
+    assert io.local_parquet_files(df.select("vector", "id")) == files
+    assert io.local_parquet_shape(files, "vector") == (40, 4)
+    assert io.local_parquet_files(df.filter("id > 3")) is None
+    assert io.local_parquet_files(df.withColumnRenamed("id", "key")) is None
+    part = tmp_path / "part"
+    to_df(spark, np.arange(40), x).selectExpr("*", "id % 2 as p").write.partitionBy("p").parquet(
+        str(part)
+    )
+    assert io.local_parquet_files(spark.read.parquet(str(part))) is None
+    js = tmp_path / "js"
+    df.write.json(str(js))
+    assert io.local_parquet_files(spark.read.json(str(js))) is None
+
+    # Types pyarrow reads differently from Spark (an unsigned id Spark widens to bigint): the
+    # Spark read validates, with the same result.
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(40), pa.uint32()),
+            "vector": pa.array(x.tolist(), pa.list_(pa.float32())),
+        }
+    )
+    pq.write_table(table, str(odd / "part-0.parquet"))
+    result = compute_neighbors(spark.read.parquet(str(odd)), KnnConfig(k=3, recall_sample=0))
+    assert result.report.resolved["input_read"] == "spark"
+    assert_invariants(result.table, list(range(40)), 3)
+
+
+def test_worker_warm_up_runs_one_task_per_core_in_the_background(spark):
+    from knnspark import inmemory, udfs
+
+    thread = inmemory.start_workers(spark)
+    assert thread.daemon
+    thread.join(120)
+    assert not thread.is_alive()
+    n = spark.sparkContext.defaultParallelism
+    pids = spark.range(n, numPartitions=n).mapInArrow(udfs.warm_up_batches, "pid long").collect()
+    assert len(pids) == n and all(r.pid > 0 for r in pids)
