@@ -6,6 +6,12 @@ and per-round times with recall@10 on a seeded 2,000-item exact sample. Used for
 clusters" table in the README::
 
     OPENBLAS_NUM_THREADS=1 python scripts/sweep_inmemory.py ../shared/data/words_en_100k.f16.npy
+
+and for the refinement fanout (``refine_fanout``: a round scores the lists of each item's best
+N neighbours)::
+
+    OPENBLAS_NUM_THREADS=1 python scripts/sweep_inmemory.py ../shared/data/words_en_100k.f16.npy \
+        --settings 100:5,6,8 --rounds 1 --fanout 10 4
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["100:6,12,24", "316:12,24,48"],
                    help="CLUSTERS:NPROBE,NPROBE,...")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--fanout", type=int, nargs="+", default=[K],
+                   help="refine_fanout values to compare (each runs its own rounds)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     x = np.load(args.npy).astype(np.float32)
@@ -73,18 +81,26 @@ def main() -> None:
                 )  # fmt: skip
             out = [f"clusters {n_clusters} n_probe {n_probe}: search "
                    f"{time.perf_counter() - t:.1f} s, recall {recall(sc):.4f}"]  # fmt: skip
-            last = None
-            for r in range(1, args.rounds + 1):
-                t = time.perf_counter()
-                fresh = None if last is None else graph.fresh_entries(pos, last)
-                last = pos
-                rev = graph.reverse_lists(pos, sc, K)
-                new_pos, new_sc = np.empty_like(pos), np.empty_like(sc)
-                for b in range(0, n, BLOCK_ROWS):
-                    rows = rows_by_cluster[b : b + BLOCK_ROWS]
-                    new_pos[rows], new_sc[rows] = graph.refine_topk(x, rows, pos, rev, K, fresh)
-                pos, sc = new_pos, new_sc
-                out.append(f"round {r} +{time.perf_counter() - t:.1f} s, {recall(sc):.4f}")
+            for fanout in args.fanout:
+                g, g_sc, last = pos, sc, None
+                if len(args.fanout) > 1:
+                    out.append(f"fanout {fanout}:")
+                for r in range(1, args.rounds + 1):
+                    t = time.perf_counter()
+                    fresh = fresh_top = None
+                    if last is not None:
+                        fresh = graph.fresh_entries(g, last)
+                        fresh_top = graph.fresh_entries(g[:, :fanout], last[:, :fanout])
+                    last = g
+                    rev = graph.reverse_lists(g, g_sc, K)
+                    new_pos, new_sc = np.empty_like(g), np.empty_like(g_sc)
+                    for b in range(0, n, BLOCK_ROWS):
+                        rows = rows_by_cluster[b : b + BLOCK_ROWS]
+                        new_pos[rows], new_sc[rows] = graph.refine_topk(
+                            x, rows, g, rev, K, fresh, fanout=fanout, fresh_top=fresh_top
+                        )
+                    g, g_sc = new_pos, new_sc
+                    out.append(f"round {r} +{time.perf_counter() - t:.1f} s, {recall(g_sc):.4f}")
             print(" | ".join(out), flush=True)
 
 
