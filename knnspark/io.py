@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -87,8 +88,6 @@ def local_parquet_files(df: DataFrame) -> list[str] | None:
     files = df.inputFiles()
     if not files or not all(f.startswith("file:") for f in files):
         return None
-    from urllib.parse import unquote, urlparse
-
     return [unquote(urlparse(f).path) for f in files]
 
 

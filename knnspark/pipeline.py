@@ -459,7 +459,10 @@ def prepare_on_driver(
     count (a cheap metadata job for files) and first vector length say it fits the plan's
     budget, one Spark job validates and normalises the rows in the Python workers and brings
     them to the driver, which checks ids, statuses and lengths in numpy: no cached copy, no
-    aggregation and duplicate-id jobs, no collect (at 100k x 384: 4 s of a 46 s run).
+    aggregation and duplicate-id jobs, no collect (at 100k x 384: 4 s of a 46 s run). Local
+    Parquet files (a plain scan, see :func:`io.local_parquet_files`) skip that job too: pyarrow
+    reads them on the driver, which runs the same validation function, while a background job
+    starts the Python workers for the search (:func:`inmemory.start_workers`).
 
     Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, an
     input that is more than a scan (a join would be computed twice), a table beyond the budget,
@@ -494,7 +497,7 @@ def prepare_on_driver(
         tbl = None
         if shape is not None:
             inmemory.start_workers(spark)
-            tbl = _prepared_on_driver(files, config, id_type, raw.schema["_vec"].dataType)
+            tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
         report.resolved["input_read"] = "pyarrow" if tbl is not None else "spark"
         if tbl is None:
             tbl = _prepared_rows(raw, id_col, id_type, keep_raw=False).toArrow()
@@ -547,7 +550,7 @@ def prepare_on_driver(
     )
 
 
-def _prepared_on_driver(
+def _read_prepared_locally(
     files: list[str], config: KnnConfig, id_type: T.DataType, vec_type: T.DataType
 ) -> pa.Table | None:
     """Local Parquet ``files`` read and run through :func:`udfs.prepare_batches` on the driver:
