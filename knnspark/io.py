@@ -95,9 +95,10 @@ def local_parquet_shape(files: list[str], vector_col: str) -> tuple[int, int] | 
     """Row count (from the files' footers) and first vector length of local Parquet ``files``;
     ``None`` when pyarrow cannot read them (Spark may still, or report why)."""
     try:
-        n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        for f in files:
-            first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=[vector_col]), None)
+        opened = [pq.ParquetFile(f) for f in files]  # each footer read once
+        n_rows = sum(pf.metadata.num_rows for pf in opened)
+        for pf in opened:
+            first = next(pf.iter_batches(batch_size=1, columns=[vector_col]), None)
             if first is not None and first.num_rows:
                 return n_rows, pc.list_value_length(first.column(0))[0].as_py() or 0
     except (pa.ArrowException, OSError, ValueError) as exc:
