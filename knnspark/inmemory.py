@@ -25,8 +25,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from knnspark import graph, kernel, udfs
@@ -35,7 +39,15 @@ from knnspark.kmeans import nearest_centroids, probe_recall_curve
 from knnspark.metrics import recall_per_item
 from knnspark.progress import RunReport, stage
 
-__all__ = ["emit", "fits_in_memory", "search_in_memory", "start_workers", "tune_start"]
+__all__ = [
+    "DriverTable",
+    "emit",
+    "fits_in_memory",
+    "search_in_memory",
+    "search_on_driver",
+    "start_workers",
+    "tune_start",
+]
 
 log = logging.getLogger("knnspark")
 
@@ -49,6 +61,10 @@ _ASSIGN_ROWS = 16384
 #: Most refinement rounds a target-recall run adds after one probe pass before it probes more.
 _MAX_ROUNDS_PER_PASS = 3
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
+#: udfs.GRAPH_SCHEMA as Arrow (blocks run on the driver).
+_GRAPH_ARROW = pa.schema(
+    [("row", pa.int64()), ("rank", pa.int32()), ("nbr", pa.int64()), ("score", pa.float32())]
+)
 
 
 def memory_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
@@ -117,37 +133,70 @@ def start_workers(spark: SparkSession) -> threading.Thread:
     return thread
 
 
-class _Index:
-    """The driver's side: vectors in key order, their clusters, and the broadcast copy."""
+def search_on_driver(n_items: int, config: KnnConfig) -> bool:
+    """Whether the in-memory plan searches a table of ``n_items`` on the driver itself.
 
-    def __init__(self, spark: SparkSession, keys: np.ndarray, vecs: np.ndarray, centroids):
+    A small table's search takes less than starting Spark's Python workers (3-5 s locally;
+    10k x 384 searches in 1.5 s on the driver), so the driver runs the workers' functions over
+    the same blocks, and the table is written without Python workers.
+    """
+    return n_items <= config.driver_search_max_items
+
+
+class _Held:
+    """A value the driver keeps for itself, read like a broadcast (``.value``)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def unpersist(self) -> None:
+        pass
+
+
+class _Index:
+    """The driver's side: vectors in key order, their clusters, and the broadcast copy (or, on
+    the driver, the same dictionary held)."""
+
+    def __init__(
+        self, spark: SparkSession, keys: np.ndarray, vecs: np.ndarray, centroids, on_driver: bool
+    ):
         n = len(keys)
         home = np.empty(n, dtype=np.int32)
         for s in range(0, n, _ASSIGN_ROWS):
             chunk = vecs[s : s + _ASSIGN_ROWS]
             home[s : s + _ASSIGN_ROWS] = nearest_centroids(chunk, centroids, 1)[:, 0]
         self.keys, self.vecs, self.home = keys, vecs, home
+        self.on_driver = on_driver
         self.cluster_rows = np.lexsort((np.arange(n), home)).astype(np.int64)
         self.offsets = np.searchsorted(home[self.cluster_rows], np.arange(len(centroids) + 1))
         self.n_blocks = max(1, math.ceil(n / BLOCK_ROWS))
-        self.bc = spark.sparkContext.broadcast(
+        self.bc = self.share(
+            spark,
             {
                 "vecs": vecs,
                 "home": home,
                 "cluster_rows": self.cluster_rows,
                 "offsets": self.offsets,
                 "centroids": centroids,
-            }
+            },
         )
+
+    def share(self, spark: SparkSession, value: object) -> Any:
+        """``value`` where the blocks run: a broadcast, or held on the driver."""
+        return _Held(value) if self.on_driver else spark.sparkContext.broadcast(value)
 
     def run(self, spark: SparkSession, fn, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Run ``fn`` over every block; the resulting graph as (n, k) positions and scores."""
         n = len(self.keys)
-        tbl = (
-            spark.range(self.n_blocks, numPartitions=self.n_blocks)
-            .mapInArrow(fn, udfs.GRAPH_SCHEMA)
-            .toArrow()
-        )
+        if self.on_driver:
+            blocks = pa.record_batch({"id": pa.array(np.arange(self.n_blocks), pa.int64())})
+            tbl = pa.Table.from_batches(list(fn(iter([blocks]))), schema=_GRAPH_ARROW)
+        else:
+            tbl = (
+                spark.range(self.n_blocks, numPartitions=self.n_blocks)
+                .mapInArrow(fn, udfs.GRAPH_SCHEMA)
+                .toArrow()
+            )
         pos = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         row = tbl.column("row").to_numpy()
@@ -185,7 +234,7 @@ def search_in_memory(
         target.
     """
     with stage(spark, report, "index") as info:
-        index = _Index(spark, keys, vecs, centroids)
+        index = _Index(spark, keys, vecs, centroids, search_on_driver(len(keys), config))
         info["rows"] = len(keys)
     n_clusters = len(centroids)
     steps: list[dict] = []
@@ -216,9 +265,7 @@ def search_in_memory(
                 if fanout < kk:
                     fresh_top = graph.fresh_entries(pos[:, :fanout], last[:, :fanout])
             last_input[0] = pos
-            gbc = spark.sparkContext.broadcast(
-                (pos, graph.reverse_lists(pos, scores, kk), fresh, fresh_top)
-            )
+            gbc = index.share(spark, (pos, graph.reverse_lists(pos, scores, kk), fresh, fresh_top))
             bc = index.bc
 
             def fn(batches):
@@ -300,6 +347,7 @@ def search_in_memory(
     index.bc.unpersist()
     report.resolved.update(
         plan="in-memory",
+        search_on="driver" if index.on_driver else "workers",
         n_probe=n_probe,
         n_refine=rounds,
         refine_fanout=fanout,
@@ -334,14 +382,85 @@ def emit(
     n_tasks = max(n_tasks, 1)
     block_rows = max(1, math.ceil(n / n_tasks))  # a trailing task may get no rows
     with stage(spark, report, "emit") as info:
+        info["rows"] = int((pos >= 0).sum())
         result = spark.sparkContext.broadcast((keys, pos, scores))
 
         def fn(batches):
             return udfs.emit_block_batches(batches, result.value, block_rows)
 
         merged = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(fn, _MERGED_SCHEMA)
-        info["rows"] = int((pos >= 0).sum())
     return merged
+
+
+@dataclass
+class DriverTable:
+    """The in-memory plan's final table, held by the driver: ``item_id, neighbor_id, rank,
+    score`` rows built from the graph on demand, a file's worth at a time.
+
+    The driver already holds the graph, so a local output is written by pyarrow straight from
+    it (:func:`knnspark.io.publish_table`): no emit tasks, no rows through the JVM. The rows
+    are those of :func:`emit` (the same function makes them) with the ids attached.
+
+    Attributes
+    ----------
+    keys : ndarray of shape (n,), int64
+        Item keys, ascending.
+    pos : ndarray of shape (n, k), int64
+        Neighbour positions in ``keys`` by rank, ``-1`` padding.
+    scores : ndarray of shape (n, k), float32
+    ids : pyarrow.Array of length n, or None
+        The ids in key order (string ids); ``None`` when the keys are the ids.
+    id_type : pyarrow.DataType
+        The output id columns' type (the input id column's).
+    """
+
+    keys: np.ndarray
+    pos: np.ndarray
+    scores: np.ndarray
+    ids: pa.Array | None
+    id_type: pa.DataType
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(
+            [
+                ("item_id", self.id_type),
+                ("neighbor_id", self.id_type),
+                ("rank", pa.int32()),
+                ("score", pa.float32()),
+            ]
+        )
+
+    @property
+    def n_files(self) -> int:
+        """Files of a written table: one per ``EMIT_TASK_ROWS`` items, as the emit's tasks."""
+        return max(1, math.ceil(len(self.keys) / EMIT_TASK_ROWS))
+
+    def file_table(self, i: int) -> pa.Table:
+        """The rows of file ``i`` (items ``i * EMIT_TASK_ROWS`` onwards, in key order)."""
+        blocks = pa.record_batch({"id": pa.array([i], pa.int64())})
+        rows = udfs.emit_block_batches(
+            iter([blocks]), (self.keys, self.pos, self.scores), EMIT_TASK_ROWS
+        )
+        return pa.Table.from_batches([self._with_ids(b) for b in rows], schema=self.schema)
+
+    def tables(self) -> Iterator[pa.Table]:
+        return (self.file_table(i) for i in range(self.n_files))
+
+    def to_spark(self, spark: SparkSession) -> DataFrame:
+        """The table as a Spark DataFrame, passed through the JVM as Arrow (for a remote
+        output; meant for the small tables searched on the driver)."""
+        return spark.createDataFrame(pa.concat_tables(self.tables()))
+
+    def _with_ids(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        key, nbr = batch.column(0), batch.column(1)
+        if self.ids is None:
+            item, neighbor = key.cast(self.id_type), nbr.cast(self.id_type)
+        else:  # string ids: a key is the id's position in sorted order
+            item, neighbor = self.ids.take(key), self.ids.take(nbr)
+        return pa.RecordBatch.from_arrays(
+            [item, neighbor, batch.column(2), batch.column(3)], schema=self.schema
+        )
 
 
 def tune_start(

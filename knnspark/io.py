@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -36,8 +36,10 @@ __all__ = [
     "read_input",
     "local_parquet_files",
     "local_parquet_shape",
+    "is_local",
     "read_local_parquet",
     "register_table",
+    "written_rows",
 ]
 
 log = logging.getLogger("knnspark")
@@ -117,12 +119,42 @@ def read_local_parquet(files: list[str], columns: list[str]) -> pa.Table | None:
         return None
 
 
+def written_rows(spark: SparkSession, path: str) -> int:
+    """Rows of the Parquet table just written at ``path``.
+
+    A local table is counted from its files' footers (milliseconds), a remote one by a Spark
+    count (a job: about a second even for a small table). Hidden files (``_SUCCESS``,
+    ``.crc``) are skipped, as Spark's reader skips them.
+    """
+    local = _Fs(spark, path).local_path(path)
+    if local is not None and os.path.isdir(local):
+        try:
+            total = 0
+            for root, dirs, files in os.walk(local):
+                dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+                for name in files:
+                    if not name.startswith(("_", ".")):
+                        total += pq.ParquetFile(os.path.join(root, name)).metadata.num_rows
+            return total
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            log.info("counting %s in Spark (%s)", path, exc)
+    return spark.read.parquet(path).count()
+
+
+def _local_path(path: str) -> str | None:
+    """``path`` on this machine's filesystem (a plain path or ``file:`` URI), or ``None`` for a
+    remote URI (``s3a://``, ``hdfs://`` ...)."""
+    if path.startswith("file:"):
+        return unquote(urlparse(path).path)
+    return None if "://" in path else path
+
+
 def local_input_bytes(path: str) -> int | None:
     """Bytes on disk of a local input (a file, or every file under a directory); ``None`` for
     a remote URI (``s3a://``, ``hdfs://`` ...) or a path that does not exist here."""
-    if "://" in path and not path.startswith("file://"):
+    local = _local_path(path)
+    if local is None:
         return None
-    local = path[len("file://") :] if path.startswith("file://") else path
     if os.path.isfile(local):
         return os.path.getsize(local)
     if not os.path.isdir(local):
@@ -148,6 +180,11 @@ class _Fs:
 
     def path(self, p: str) -> Any:
         return self._jvm.org.apache.hadoop.fs.Path(p)
+
+    def local_path(self, p: str) -> str | None:
+        """``p`` qualified by its filesystem: the local path for ``file:``, else ``None``."""
+        uri = self.fs.makeQualified(self.path(p)).toUri()
+        return str(uri.getPath()) if uri.getScheme() == "file" else None
 
     def exists(self, p: str) -> bool:
         return bool(self.fs.exists(self.path(p)))
@@ -195,15 +232,19 @@ def _split(path: str) -> tuple[str, str]:
 
 def publish_table(
     spark: SparkSession,
-    table: DataFrame,
+    table: DataFrame | None,
     target: str,
     mode: str,
     make_manifest: Callable[[str], dict[str, Any]],
+    arrow_files: Iterable[pa.Table] | None = None,
 ) -> str:
     """Write ``table`` as Parquet to ``target`` atomically; returns the manifest path.
 
     ``make_manifest(staging_path)`` is called once the data is written (so it can read the
     written table back, e.g. to count rows) and its result is stored as ``_manifest.json``.
+    ``arrow_files`` (a ``target`` on the driver's filesystem only, see :func:`is_local`): the
+    same table as Arrow tables on the driver, which pyarrow writes one file each instead of
+    Spark writing ``table``.
     """
     fs = _Fs(spark, target)
     parent, name = _split(target)
@@ -215,7 +256,15 @@ def publish_table(
     staging = f"{staging_root}/{name}"
     trash = f"{staging_root}/replaced-{name}"
     try:
-        table.write.mode("errorifexists").parquet(staging)
+        if arrow_files is None:
+            if table is None:
+                raise ValueError("publish_table needs a table or arrow_files")
+            table.write.mode("errorifexists").parquet(staging)
+        else:
+            local = fs.local_path(staging)
+            if local is None:
+                raise OutputError(f"{staging!r} is not on the driver's filesystem")
+            _write_local_files(local, arrow_files)
         manifest = make_manifest(staging)
         fs.write_text(f"{staging}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, default=str))
         if fs.exists(target):
@@ -232,6 +281,24 @@ def publish_table(
     fs.delete(staging_root)
     log.info("published %s", target)
     return f"{target}/{MANIFEST_NAME}"
+
+
+def is_local(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` resolves (as Spark resolves it: against ``fs.defaultFS`` when it has
+    no scheme) to the driver's own filesystem."""
+    scheme = urlparse(path).scheme
+    if scheme and scheme != "file":  # s3a://, hdfs://, ...: no need to ask Hadoop
+        return False
+    return _Fs(spark, path).local_path(path) is not None
+
+
+def _write_local_files(local: str, tables: Iterable[pa.Table]) -> None:
+    """Write each table as one Parquet file (``part-NNNNN.snappy.parquet``) in the new local
+    directory ``local``, as Spark would (snappy, ``_SUCCESS`` last)."""
+    os.makedirs(local)
+    for i, table in enumerate(tables):
+        pq.write_table(table, os.path.join(local, f"part-{i:05d}.snappy.parquet"))
+    open(os.path.join(local, "_SUCCESS"), "wb").close()
 
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.window import Window
 
 from knnspark import inmemory, io, kernel, sampling, udfs
@@ -89,6 +91,8 @@ class Prepared:
     metric: str = "cosine"
     #: (keys (n,) int64 ascending, unit vectors (n, dim) float32) when held by the driver.
     items: tuple[np.ndarray, np.ndarray] | None = None
+    #: String ids in key order when the driver read them (:func:`prepare_on_driver`).
+    ids: pa.Array | None = None
 
     @property
     def vec_type(self) -> str:
@@ -100,9 +104,18 @@ class NeighborResult:
     """The neighbour table (``item_id, neighbor_id, rank, score``), the run report, and (with
     ``on_invalid="skip"``) the rejected input rows (``id, vector, reason``) or ``None``."""
 
-    table: DataFrame
+    #: Builds the table (lazy: the in-memory plan's emit broadcasts the graph, which a caller
+    #: writing :attr:`driver_table` does not need).
+    make_table: Callable[[], DataFrame]
     report: RunReport
     rejected: DataFrame | None = None
+    #: The same table held by the driver (the in-memory plan), so it can be written without
+    #: Spark; ``None`` otherwise.
+    driver_table: inmemory.DriverTable | None = None
+
+    @functools.cached_property
+    def table(self) -> DataFrame:
+        return self.make_table()
 
 
 def build_neighbors(df: DataFrame, config: KnnConfig) -> DataFrame:
@@ -134,12 +147,13 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     recall)."""
     spark = df.sparkSession
     report = RunReport()
+    driver_table = None
     prep = prepare_on_driver(df, config, report) or prepare_input(df, config, report)
     n, k = prep.n_items, config.k
     kk = min(k, max(n - 1, 0))
     report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)
     if kk == 0:
-        merged = spark.createDataFrame([], _MERGED_SCHEMA)
+        make_merged = functools.partial(spark.createDataFrame, [], _MERGED_SCHEMA)
     else:
         in_memory = prep.items is not None or (
             config.method in ("kmeans", "exact")
@@ -149,7 +163,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         report.resolved["plan"] = "in-memory" if in_memory else "shuffle"
         n_full = None
         if in_memory:
-            merged, n_full = _kmeans_in_memory(spark, prep, config, report, kk)
+            make_merged, n_full, driver_table = _kmeans_in_memory(spark, prep, config, report, kk)
         elif config.method == "exact":
             cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
         elif config.method == "lsh":
@@ -160,18 +174,22 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             merged = _merge(spark, cands, max_rows, config, report)
             for df_ in staged:
                 df_.unpersist()
-        if config.method != "exact" and not in_memory:
-            merged = _fill_short_items(spark, merged, prep, config, report, kk)
-        if n_full is None:  # the in-memory plan counts its graph on the driver
+            if config.method != "exact":
+                merged = _fill_short_items(spark, merged, prep, config, report, kk)
             with stage(spark, report, "check") as info:
                 n_full = merged.filter(F.col("rank") == kk).count()
                 info["rows"] = n_full
+            make_merged = functools.partial(_as_is, merged)
         report.counts["n_items_short_of_k"] = n - n_full
         report.counts["share_items_short_of_k"] = (n - n_full) / n if n else 0.0
         if config.method != "exact" and config.recall_sample > 0 and not in_memory:
             report.recall = _estimate_recall(spark, merged, prep, config, report, kk)
-    table = _attach_ids(merged, prep)
-    return NeighborResult(table=table, report=report, rejected=prep.rejected)
+    return NeighborResult(
+        make_table=lambda: _attach_ids(make_merged(), prep),
+        report=report,
+        rejected=prep.rejected,
+        driver_table=driver_table,
+    )
 
 
 # --------------------------------------------------------------------------- validation
@@ -496,7 +514,8 @@ def prepare_on_driver(
             return None
         tbl = None
         if shape is not None:
-            inmemory.start_workers(spark)
+            if not inmemory.search_on_driver(n_rows, config):
+                inmemory.start_workers(spark)
             tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
         report.resolved["input_read"] = "pyarrow" if tbl is not None else "spark"
         if tbl is None:
@@ -522,10 +541,11 @@ def prepare_on_driver(
         # Keys are the ids' ranks in sorted order, as _string_keys numbers them (Arrow sorts
         # strings by their UTF-8 bytes, as Spark does).
         keys = np.arange(n_rows, dtype=np.int64)
-        id_map = spark.createDataFrame(pa.table({id_col: sorted_ids.combine_chunks(), "key": keys}))
+        string_ids = sorted_ids.combine_chunks()
+        id_map = spark.createDataFrame(pa.table({id_col: string_ids, "key": keys}))
     else:
         keys = sorted_ids.to_numpy().astype(np.int64)
-        id_map = None
+        string_ids = id_map = None
     rejected = None
     if config.on_invalid == "skip":  # an empty rejected table, so a rerun clears the previous one
         rejected = spark.createDataFrame(
@@ -547,6 +567,7 @@ def prepare_on_driver(
         rejected=rejected,
         metric="cosine",
         items=(keys, vecs),
+        ids=string_ids,
     )
 
 
@@ -556,8 +577,6 @@ def _read_prepared_locally(
     """Local Parquet ``files`` read and run through :func:`udfs.prepare_batches` on the driver:
     the table the Spark job of :func:`_prepared_rows` brings back, or ``None`` (read them in
     Spark) when pyarrow cannot read them or reads other types than Spark does."""
-    from pyspark.sql.pandas.types import to_arrow_type
-
     table = io.read_local_parquet(files, [config.id_col, config.vector_col])
     if table is None:
         return None
@@ -949,12 +968,13 @@ def _fit_centroids(
 
 def _kmeans_in_memory(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
-) -> tuple[DataFrame, int]:
+) -> tuple[Callable[[], DataFrame], int, inmemory.DriverTable | None]:
     """k-means (or exact) search of a table that fits a worker (see :mod:`knnspark.inmemory`).
 
     The driver holds every vector in this plan, so items short of k and the recall sample are
-    searched exactly right there, without a Spark scan. Returns the (lazy) table and how many
-    items have a full top-k.
+    searched exactly right there, without a Spark scan. Returns what builds the table, how many
+    items have a full top-k, and the table held by the driver (``None`` for string ids the
+    driver has not read).
     """
     exact = config.method == "exact"
     if exact:
@@ -1012,7 +1032,13 @@ def _kmeans_in_memory(
                 report.recall = _recall_result(
                     recall_per_item(scores[rows], exact_scores), prep.n_items, kk
                 )
-    return inmemory.emit(spark, keys, pos, scores, report), int((pos[:, kk - 1] >= 0).sum())
+    driver_table = None
+    if prep.id_map is None or prep.ids is not None:
+        driver_table = inmemory.DriverTable(
+            keys, pos, scores, prep.ids, to_arrow_type(prep.id_type)
+        )
+    make_merged = functools.partial(inmemory.emit, spark, keys, pos, scores, report)
+    return make_merged, int((pos[:, kk - 1] >= 0).sum()), driver_table
 
 
 def _kmeans_candidates(
@@ -1263,6 +1289,10 @@ def _recall_result(per_item: np.ndarray, n_items: int, kk: int) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------- output
+def _as_is(df: DataFrame) -> DataFrame:
+    return df
+
+
 def _attach_ids(merged: DataFrame, prep: Prepared) -> DataFrame:
     score = F.col("score").cast("float").alias("score")
     rank = F.col("rank").cast("int").alias("rank")

@@ -89,11 +89,12 @@ def _cli_cmd(data, out, master, *extra):
             "--master", master, *JOB_FLAGS, *extra]  # fmt: skip
 
 
-def _cli(out, master, data, extra_env=None):
+def _cli(out, master, data, extra_env=None, extra_args=()):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(extra_env or {})}
     proc = subprocess.run(
-        _cli_cmd(data, out, master), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+        _cli_cmd(data, out, master, *extra_args),
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -104,8 +105,16 @@ def test_local1_vs_local2_and_injected_task_failures(spark, dup_heavy, tmp_path)
     in_process = _rows(compute_neighbors(spark.read.parquet(str(data)), CFG).table)
     _cli(tmp_path / "one", "local[1]", data)
     assert _parquet_rows(tmp_path / "one") == in_process
-    # Every task running a knnspark UDF fails on its first attempt; local[2,4] retries it.
-    proc = _cli(tmp_path / "retried", "local[2,4]", data, {"KNNSPARK_FAIL_FIRST_ATTEMPT": "1"})
+    # Every task running a knnspark UDF fails on its first attempt; local[2,4] retries it. The
+    # search runs in the Python workers (a table this small is otherwise searched by the
+    # driver, in one process, where there is no task to fail).
+    proc = _cli(
+        tmp_path / "retried",
+        "local[2,4]",
+        data,
+        {"KNNSPARK_FAIL_FIRST_ATTEMPT": "1"},
+        ["--driver-search-max-items", "0"],
+    )
     assert "injected failure" in proc.stderr  # the failures really happened
     assert _parquet_rows(tmp_path / "retried") == in_process
 

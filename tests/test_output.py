@@ -55,6 +55,48 @@ def test_failed_write_leaves_previous_table_intact(spark, tmp_path):
     assert leftovers == []  # no staging or trash directory left behind
 
 
+def test_arrow_tables_are_published_like_a_spark_table(spark, tmp_path):
+    """The driver's Arrow tables are written by pyarrow (one file each) with the same staging,
+    manifest and rollback as a Spark write; the footers count the rows."""
+    target = str(tmp_path / "table")
+    schema = pa.schema([("item_id", pa.int64()), ("neighbor_id", pa.int64())])
+    files = [pa.table({"item_id": [1, 2], "neighbor_id": [2, 1]}, schema=schema)] * 2
+    manifest = {}
+
+    def make_manifest(staging):
+        manifest["rows"] = io.written_rows(spark, staging)
+        return manifest
+
+    io.publish_table(spark, None, target, "error", make_manifest, arrow_files=iter(files))
+    assert manifest == {"rows": 4}
+    assert sorted(p.name for p in (tmp_path / "table").iterdir() if p.suffix != ".crc") == [
+        "_SUCCESS",
+        "_manifest.json",
+        "part-00000.snappy.parquet",
+        "part-00001.snappy.parquet",
+    ]
+    back = spark.read.parquet(target)
+    assert back.dtypes == [("item_id", "bigint"), ("neighbor_id", "bigint")]
+    assert sorted(tuple(r) for r in back.collect()) == [(1, 2), (1, 2), (2, 1), (2, 1)]
+    assert io.written_rows(spark, "file:" + target) == 4  # a file: URI is local too
+
+    def failing():
+        yield files[0]
+        raise RuntimeError("driver died mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        io.publish_table(spark, None, target, "overwrite", make_manifest, arrow_files=failing())
+    assert spark.read.parquet(target).count() == 4  # the previous table is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["table"]  # no staging left behind
+
+
+def test_which_outputs_are_local(spark, tmp_path):
+    assert io.is_local(spark, str(tmp_path / "out"))
+    assert io.is_local(spark, "file://" + str(tmp_path / "out"))
+    assert not io.is_local(spark, "s3a://bucket/out")
+    assert not io.is_local(spark, "hdfs://namenode:8020/out")
+
+
 def test_partition_date_replaces_only_its_partition(spark, tmp_path):
     inp, empty, out = tmp_path / "in", tmp_path / "empty", tmp_path / "nbrs"
     _write_input(spark, inp, 30)

@@ -1,6 +1,7 @@
 """Spark wiring: the pipeline against the numpy oracle, invariants, and input validation."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from knnspark.config import KnnConfig
@@ -40,8 +41,17 @@ def assert_invariants(table, ids, k):
     return by_item
 
 
-@pytest.mark.parametrize("broadcast_max_mb", [0, 512], ids=["shuffle", "in-memory"])
-def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb):
+#: (broadcast_max_mb, driver_search_max_items): the shuffle plan, the in-memory plan searched
+#: by the Python workers, and by the driver.
+PLANS = pytest.mark.parametrize(
+    "broadcast_max_mb, driver_max",
+    [(0, 0), (512, 0), (512, 20_000)],
+    ids=["shuffle", "in-memory-workers", "in-memory-driver"],
+)
+
+
+@PLANS
+def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb, driver_max):
     keys, x = clustered
     cfg = KnnConfig(
         k=10,
@@ -49,6 +59,7 @@ def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb):
         max_bucket_members=1100,
         max_bucket_queries=900,
         broadcast_max_mb=broadcast_max_mb,
+        driver_search_max_items=driver_max,
     )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 10)
@@ -60,6 +71,7 @@ def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb):
     if broadcast_max_mb:  # every cluster probed, nothing refined
         assert res["plan"] == "in-memory" and res["n_probe"] == res["n_clusters"] > 1
         assert res["n_refine"] == 0
+        assert res["search_on"] == ("driver" if driver_max else "workers")
     else:
         assert res["n_blocks"] == 4  # ceil(3000 / 900): the blocked path ran
     assert result.report.recall is None
@@ -81,8 +93,8 @@ def test_probing_every_cluster_is_exact_and_skips_the_rounds(spark, clustered):
     assert_topk_matches(got_keys, got_scores, keys, sims, 10)
 
 
-@pytest.mark.parametrize("broadcast_max_mb", [0, 512], ids=["shuffle", "in-memory"])
-def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb):
+@PLANS
+def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb, driver_max):
     keys, x = clustered
     cfg = KnnConfig(
         k=10,
@@ -91,6 +103,7 @@ def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb):
         recall_sample=300,
         seed=3,
         broadcast_max_mb=broadcast_max_mb,
+        driver_search_max_items=driver_max,
     )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 10)
@@ -313,6 +326,38 @@ def test_local_parquet_is_read_on_the_driver_and_gives_the_spark_read_table(
     )
     assert driver.report.recall == spark_read.report.recall
     assert driver.report.recall["recall_at_k"] > 0.9
+
+
+@pytest.mark.parametrize("id_type", ["long", "string"])
+def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id_type):
+    """Up to driver_search_max_items the driver runs the workers' functions over the same
+    blocks: the same graph through rounds, fanout and the target-recall loop; and the table it
+    holds (what the CLI writes with pyarrow) is the emitted table, row for row."""
+    keys, x = clustered
+    df = to_df(spark, keys[:1500], x[:1500], id_type=id_type)
+    cols = ["item_id", "neighbor_id", "rank", "score"]
+    for cfg in (
+        KnnConfig(k=5, n_clusters=10, n_probe=2, n_refine=2, refine_fanout=3, seed=5),
+        KnnConfig(k=5, n_clusters=10, target_recall=0.97, tune_sample=200, seed=5),
+    ):
+        driver = compute_neighbors(df, cfg)
+        workers = compute_neighbors(df, cfg.replace(driver_search_max_items=0))
+        assert driver.report.resolved["search_on"] == "driver"
+        assert workers.report.resolved["search_on"] == "workers"
+        assert driver.report.resolved["steps"] == workers.report.resolved["steps"]
+        assert len(driver.report.resolved["steps"]) > 1  # rounds (and probes) ran
+        rows = driver.table.orderBy("item_id", "rank").select(cols).collect()
+        assert rows == workers.table.orderBy("item_id", "rank").select(cols).collect()
+        assert driver.report.recall == workers.report.recall
+        held = pa.concat_tables(driver.driver_table.tables())
+        assert held.column_names == cols
+        assert held.sort_by([("item_id", "ascending"), ("rank", "ascending")]).to_pylist() == [
+            r.asDict() for r in rows
+        ]
+    # The held table keeps the input's id type (an int id stays int).
+    small = to_df(spark, keys[:50], x[:50]).selectExpr("cast(id as int) id", "vector")
+    held = compute_neighbors(small, KnnConfig(k=3)).driver_table
+    assert pa.concat_tables(held.tables()).schema.field("item_id").type == pa.int32()
 
 
 def test_which_inputs_the_driver_reads(spark, tmp_path):
