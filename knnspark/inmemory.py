@@ -12,7 +12,12 @@ Spark SQL's broadcast join, this plan broadcasts the small side, here the whole 
 2. ``refine-1..n``: each round, every item re-scores its neighbours' neighbours and the items
    that list it (:func:`knnspark.graph.refine_topk`). On real embeddings this lifts recall far
    more cheaply than more probes: one round costs about as much as three probes.
-3. ``emit``: the final graph becomes the ``key, nbr, rank, score`` table.
+3. ``emit``: the final graph becomes the ``key, nbr, rank, score`` table; or, since the driver
+   holds the graph, :class:`DriverTable` gives the same rows to a writer on the driver.
+
+A table of up to ``driver_search_max_items`` items is searched by the driver itself
+(:func:`search_on_driver`): the same block functions over the same blocks, without starting
+the Python workers, which costs more than such a search.
 
 Blocks depend on the data alone (cluster order, a fixed block size), never on Spark's
 partitioning, so the table is the same whatever the cluster. With ``target_recall``, a sample's
