@@ -352,8 +352,9 @@ def _run_in(
         }
 
     # The in-memory plan's driver holds the finished table: pyarrow writes it to a local
-    # target (no emit tasks, no Python workers; 100k x 10 rows in 0.2 s against 1.7 s), and a
-    # small table searched on the driver reaches a remote one through the JVM as Arrow.
+    # target (no emit tasks, no Python workers; 100k items x 10 neighbours in 0.2 s against
+    # 2.1-2.5 s for the emit and Spark write), and a small table searched on the driver
+    # reaches a remote one through the JVM as Arrow (no Python workers either).
     held = result.driver_table
     arrow_files, writer = None, "spark"
     if held is not None and io.is_local(spark, target):

@@ -425,6 +425,11 @@ class DriverTable:
     ids: pa.Array | None
     id_type: pa.DataType
 
+    def __post_init__(self) -> None:
+        # Spark's Arrow may hand strings over as large_string (useLargeVarTypes).
+        if self.ids is not None and self.ids.type != self.id_type:
+            self.ids = self.ids.cast(self.id_type)
+
     @property
     def schema(self) -> pa.Schema:
         return pa.schema(

@@ -354,10 +354,47 @@ def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id
         assert held.sort_by([("item_id", "ascending"), ("rank", "ascending")]).to_pylist() == [
             r.asDict() for r in rows
         ]
+        # What a remote output gets instead: the same rows through the JVM.
+        via_jvm = driver.driver_table.to_spark(spark)
+        assert via_jvm.dtypes == driver.table.dtypes
+        assert via_jvm.orderBy("item_id", "rank").select(cols).collect() == rows
     # The held table keeps the input's id type (an int id stays int).
     small = to_df(spark, keys[:50], x[:50]).selectExpr("cast(id as int) id", "vector")
     held = compute_neighbors(small, KnnConfig(k=3)).driver_table
     assert pa.concat_tables(held.tables()).schema.field("item_id").type == pa.int32()
+
+
+def test_driver_table_rows_ids_and_files():
+    """The held table: ranks from 1, padding dropped, ids by key (large_string ids, as Spark's
+    Arrow may give them, come out as the output type), one file per EMIT_TASK_ROWS items."""
+    from knnspark import inmemory
+
+    pos = np.array([[1, 2], [0, -1], [1, 0]])
+    scores = np.array([[0.9, 0.5], [0.9, -np.inf], [0.7, 0.5]], dtype=np.float32)
+    ids = pa.array(["a", "b", "c"], pa.large_string())
+    held = inmemory.DriverTable(np.arange(3), pos, scores, ids, pa.string())
+    (table,) = list(held.tables())
+    assert table.schema.field("item_id").type == pa.string()
+    assert [tuple(r.values()) for r in table.to_pylist()] == [
+        ("a", "b", 1, pytest.approx(0.9)),
+        ("a", "c", 2, pytest.approx(0.5)),
+        ("b", "a", 1, pytest.approx(0.9)),
+        ("c", "b", 1, pytest.approx(0.7)),
+        ("c", "a", 2, pytest.approx(0.5)),
+    ]
+    many = inmemory.EMIT_TASK_ROWS + 1
+    big = inmemory.DriverTable(
+        np.arange(many) * 2,
+        np.tile([[1]], (many, 1)),
+        np.ones((many, 1), np.float32),
+        None,
+        pa.int64(),
+    )
+    files = list(big.tables())
+    assert [len(f) for f in files] == [inmemory.EMIT_TASK_ROWS, 1]
+    assert files[1].to_pylist() == [
+        {"item_id": 2 * (many - 1), "neighbor_id": 2, "rank": 1, "score": 1.0}
+    ]
 
 
 def test_which_inputs_the_driver_reads(spark, tmp_path):
