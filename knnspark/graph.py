@@ -27,6 +27,7 @@ from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _rescore, _select_topk
 
 __all__ = [
     "fresh_entries",
+    "round_flags",
     "merge_graphs",
     "probed_topk",
     "refine_topk",
@@ -321,6 +322,24 @@ def fresh_entries(new: np.ndarray, old: np.ndarray) -> np.ndarray:
         a, o = new[s : s + step], old[s : s + step]
         out[s : s + step] = (a >= 0) & ~(a[:, :, None] == o[:, None, :]).any(axis=2)
     return out
+
+
+def round_flags(
+    graph: np.ndarray, last: np.ndarray | None, fanout: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The "new" flags a refinement round over ``graph`` takes (``fresh``, ``fresh_top`` of
+    :func:`refine_topk`), given the graph the previous round started from.
+
+    The first round (``last`` is ``None``) has none. A narrower ``fanout`` needs its own flags
+    for the first ``fanout`` columns: a list counts as already scored only if its owner was
+    among the query's first ``fanout`` last round, not merely in its list.
+    """
+    if last is None:
+        return None, None
+    fresh = fresh_entries(graph, last)
+    if fanout >= graph.shape[1]:
+        return fresh, None
+    return fresh, fresh_entries(graph[:, :fanout], last[:, :fanout])
 
 
 def merge_graphs(

@@ -66,10 +66,6 @@ _ASSIGN_ROWS = 16384
 #: Most refinement rounds a target-recall run adds after one probe pass before it probes more.
 _MAX_ROUNDS_PER_PASS = 3
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
-#: udfs.GRAPH_SCHEMA as Arrow (blocks run on the driver).
-_GRAPH_ARROW = pa.schema(
-    [("row", pa.int64()), ("rank", pa.int32()), ("nbr", pa.int64()), ("score", pa.float32())]
-)
 
 
 def memory_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
@@ -195,7 +191,7 @@ class _Index:
         n = len(self.keys)
         if self.on_driver:
             blocks = pa.record_batch({"id": pa.array(np.arange(self.n_blocks), pa.int64())})
-            tbl = pa.Table.from_batches(list(fn(iter([blocks]))), schema=_GRAPH_ARROW)
+            tbl = pa.Table.from_batches(list(fn(iter([blocks]))), schema=udfs.GRAPH_ARROW_SCHEMA)
         else:
             tbl = (
                 spark.range(self.n_blocks, numPartitions=self.n_blocks)
@@ -263,12 +259,7 @@ def search_in_memory(
     def refine(pos: np.ndarray, scores: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
         with stage(spark, report, f"refine-{r}") as info:
             # Pairs the last round already scored are skipped (see graph.refine_topk).
-            last = last_input[0]
-            fresh = fresh_top = None
-            if last is not None:
-                fresh = graph.fresh_entries(pos, last)
-                if fanout < kk:
-                    fresh_top = graph.fresh_entries(pos[:, :fanout], last[:, :fanout])
+            fresh, fresh_top = graph.round_flags(pos, last_input[0], fanout)
             last_input[0] = pos
             gbc = index.share(spark, (pos, graph.reverse_lists(pos, scores, kk), fresh, fresh_top))
             bc = index.bc

@@ -26,6 +26,7 @@ __all__ = [
     "cluster_count_batches",
     "list_to_matrix",
     "list_to_sets",
+    "GRAPH_ARROW_SCHEMA",
     "GRAPH_SCHEMA",
     "column_items",
     "emit_block_batches",
@@ -537,6 +538,10 @@ def bucket_topk_pandas(pdf, k: int, dim: int, block_bytes: int, reverse: bool):
 # --------------------------------------------------------------------------- in-memory search
 #: Schema of the in-memory search jobs: query position, rank, neighbour position, score.
 GRAPH_SCHEMA = "row long, rank int, nbr long, score float"
+#: The same as Arrow (the blocks' batches; a driver that runs the blocks itself reads them).
+GRAPH_ARROW_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("rank", pa.int32()), ("nbr", pa.int64()), ("score", pa.float32())]
+)
 
 
 def _block_rows(batches: Iterator[pa.RecordBatch], order: np.ndarray, block_rows: int):
@@ -556,7 +561,7 @@ def _graph_batch(rows: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pa.Re
             pa.array(pos[valid]),
             pa.array(scores[valid].astype(np.float32)),
         ],
-        names=["row", "rank", "nbr", "score"],
+        schema=GRAPH_ARROW_SCHEMA,
     )
 
 

@@ -87,10 +87,7 @@ def main() -> None:
                     out.append(f"fanout {fanout}:")
                 for r in range(1, args.rounds + 1):
                     t = time.perf_counter()
-                    fresh = fresh_top = None
-                    if last is not None:
-                        fresh = graph.fresh_entries(g, last)
-                        fresh_top = graph.fresh_entries(g[:, :fanout], last[:, :fanout])
+                    fresh, fresh_top = graph.round_flags(g, last, fanout)
                     last = g
                     rev = graph.reverse_lists(g, g_sc, K)
                     new_pos, new_sc = np.empty_like(g), np.empty_like(g_sc)

@@ -165,6 +165,12 @@ def test_fresh_flags_with_a_fanout_skip_only_pairs_already_scored():
     fresh = graph.fresh_entries(g1, g0)
     fresh_top = graph.fresh_entries(g1[:, :m], g0[:, :m])
     assert (fresh_top & ~fresh[:, :m]).any()  # moved up into the first m: a new list to score
+    # round_flags (what the plan and the sweep script call) gives exactly these flags.
+    got = graph.round_flags(g1, g0, m)
+    np.testing.assert_array_equal(got[0], fresh)
+    np.testing.assert_array_equal(got[1], fresh_top)
+    assert graph.round_flags(g1, None, m) == (None, None)
+    assert graph.round_flags(g1, g0, k)[1] is None  # a full fanout needs no second array
     full = graph.refine_topk(vecs, q, g1, rev, k, fanout=m)
     flagged = graph.refine_topk(vecs, q, g1, rev, k, fresh, fanout=m, fresh_top=fresh_top)
     np.testing.assert_array_equal(flagged[0], full[0])
