@@ -61,8 +61,6 @@ log = logging.getLogger("knnspark")
 BLOCK_ROWS = 4096
 #: Most items per task of the emit stage (the table's file count follows).
 EMIT_TASK_ROWS = 250_000
-#: Rows per chunk of the driver's home-cluster assignment (bounds its float64 temporaries).
-_ASSIGN_ROWS = 16384
 #: Most refinement rounds a target-recall run adds after one probe pass before it probes more.
 _MAX_ROUNDS_PER_PASS = 3
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
@@ -162,10 +160,7 @@ class _Index:
         self, spark: SparkSession, keys: np.ndarray, vecs: np.ndarray, centroids, on_driver: bool
     ):
         n = len(keys)
-        home = np.empty(n, dtype=np.int32)
-        for s in range(0, n, _ASSIGN_ROWS):
-            chunk = vecs[s : s + _ASSIGN_ROWS]
-            home[s : s + _ASSIGN_ROWS] = nearest_centroids(chunk, centroids, 1)[:, 0]
+        home = nearest_centroids(vecs, centroids, 1)[:, 0]
         self.keys, self.vecs, self.home = keys, vecs, home
         self.on_driver = on_driver
         self.cluster_rows = np.lexsort((np.arange(n), home)).astype(np.int64)

@@ -95,6 +95,10 @@ def fit_spherical_kmeans(
     return centroids
 
 
+#: Rows per chunk of :func:`nearest_centroids` (bounds its float64 temporaries).
+_CENTROID_ROWS = 4096
+
+
 def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.ndarray:
     """Indices of the ``n_probe`` most similar centroids of each row, best first.
 
@@ -117,14 +121,21 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.
     """
     n_c = centroids.shape[0]
     p = min(n_probe, n_c)
-    sims = np.asarray(x, dtype=np.float64) @ np.asarray(centroids, dtype=np.float64).T
-    if p < n_c:
-        cand = np.argpartition(-sims, p - 1, axis=1)[:, :p]
-    else:
-        cand = np.broadcast_to(np.arange(n_c), sims.shape).copy()
-    cand_sims = np.take_along_axis(sims, cand, axis=1)
-    order = np.lexsort((cand, -cand_sims), axis=1)
-    return np.take_along_axis(cand, order, axis=1).astype(np.int32)
+    c64 = np.asarray(centroids, dtype=np.float64)
+    out = np.empty((len(x), p), dtype=np.int32)
+    # Rows in chunks: the float64 copy and scores of a whole batch (10,000 x 768 is 59 MB) are
+    # what a Python worker under spark.executor.pyspark.memory runs out on. Each row's result
+    # is its own, so the chunking changes nothing.
+    for s in range(0, len(x), _CENTROID_ROWS):
+        sims = np.asarray(x[s : s + _CENTROID_ROWS], dtype=np.float64) @ c64.T
+        if p < n_c:
+            cand = np.argpartition(-sims, p - 1, axis=1)[:, :p]
+        else:
+            cand = np.broadcast_to(np.arange(n_c), sims.shape).copy()
+        cand_sims = np.take_along_axis(sims, cand, axis=1)
+        order = np.lexsort((cand, -cand_sims), axis=1)
+        out[s : s + _CENTROID_ROWS] = np.take_along_axis(cand, order, axis=1)
+    return out
 
 
 def probe_recall_curve(
