@@ -65,7 +65,7 @@ else
   echo "[build-env] reusing dependencies in $ENV_DIR" >&2
 fi
 "$ENV_PY" -m pip install -q --no-deps --force-reinstall "$WHEEL"
-"$ENV_PY" -c "import knnspark, numpy, pyarrow, scipy, datasketch; print('[build-env] ok:', knnspark.__version__)" >&2
+"$ENV_PY" -c "import knnspark, numpy, pyarrow, scipy, datasketch, threadpoolctl; print('[build-env] ok:', knnspark.__version__)" >&2
 
 rm -f "$OUT/knnspark-env.tar.gz"
 "$ENV_DIR/bin/venv-pack" -q -p "$ENV_DIR" -o "$OUT/knnspark-env.tar.gz" --compress-level 1 \

@@ -106,7 +106,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--driver-search-max-items",
         type=int,
         help="in-memory tables of up to this many items are searched by the driver itself, "
-        "without starting Python workers (default 20000, 0 = always in the workers)",
+        "in one thread per core, without starting Python workers (default: every table in "
+        "local mode, 20000 on a cluster; 0 = always in the workers)",
     )
     p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
     p.add_argument(

@@ -115,12 +115,14 @@ class KnnConfig:
         0 always shuffles. The plan also stays within a quarter of ``spark.driver.memory`` and,
         when set, a third of ``spark.executor.pyspark.memory`` (the driver and each Python
         worker hold the vectors); the manifest's ``resolved.plan`` says which plan ran.
-    driver_search_max_items : int
+    driver_search_max_items : int or None
         In the in-memory plan, tables of up to this many items are searched by the driver
         itself, with the same functions and blocks as the Python workers (so the same table),
-        and written without Python workers. Starting Spark's Python workers costs 3-5 s
-        locally, more than searching a small table: 10k x 384 takes 1.5 s on the driver. 0
-        always searches in the workers; ``resolved.search_on`` says where it ran.
+        in as many threads as it has cores (the local cores, else ``spark.driver.cores``), and
+        written without Python workers. ``None``: every table in local mode, where the
+        driver's machine runs the tasks anyway, and up to 20,000 items on a cluster, where
+        starting the Python workers costs more than such a search. 0 always searches in the
+        workers; ``resolved.search_on`` says where it ran.
     on_invalid : {"error", "skip"}
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
@@ -160,7 +162,7 @@ class KnnConfig:
     n_refine: int | None = None
     refine_fanout: int | None = None
     broadcast_max_mb: int = 512
-    driver_search_max_items: int = 20_000
+    driver_search_max_items: int | None = None
     on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
@@ -291,7 +293,7 @@ _CONSTRAINTS = {
     "n_refine": _int_range(0, 20, optional=True),
     "refine_fanout": _int_range(1, optional=True),
     "broadcast_max_mb": _int_range(0),
-    "driver_search_max_items": _int_range(0),
+    "driver_search_max_items": _int_range(0, optional=True),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),

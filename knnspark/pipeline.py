@@ -514,7 +514,7 @@ def prepare_on_driver(
             return None
         tbl = None
         if shape is not None:
-            if not inmemory.search_on_driver(n_rows, config):
+            if not inmemory.search_on_driver(spark, n_rows, config):
                 inmemory.start_workers(spark)
             tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
         report.resolved["input_read"] = "pyarrow" if tbl is not None else "spark"

@@ -39,16 +39,24 @@ class RunReport:
 class _Heartbeat(threading.Thread):
     """Logs the running Spark stages' task progress every ``interval`` seconds."""
 
-    def __init__(self, spark: SparkSession, name: str, started: float, interval: float):
+    def __init__(
+        self,
+        spark: SparkSession,
+        name: str,
+        started: float,
+        interval: float,
+        info: dict[str, Any] | None = None,
+    ):
         super().__init__(daemon=True, name=f"knnspark-heartbeat-{name}")
         self._spark, self._name, self._t0, self._interval = spark, name, started, interval
+        self._info = info if info is not None else {}
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         tracker = self._spark.sparkContext.statusTracker()
         while not self._stop_event.wait(self._interval):
             try:
-                parts = []
+                parts = [str(self._info["progress"])] if "progress" in self._info else []
                 for sid in tracker.getActiveStageIds():
                     info = tracker.getStageInfo(sid)
                     if info is not None:
@@ -75,14 +83,16 @@ def stage(
 
     The stage's Spark jobs get the job group ``knnspark-<name>`` and description
     ``knnspark: <name>``, so the Spark UI's job list reads like the pipeline. Yields a dict the
-    caller may fill with ``rows`` (logged at the end and kept in the manifest's ``stage_rows``).
+    caller may fill with ``rows`` (logged at the end and kept in the manifest's ``stage_rows``)
+    and, for work the driver does itself, ``progress`` (a text the heartbeat logs beside the
+    Spark stages' task counts).
     """
     info: dict[str, Any] = {}
     sc = spark.sparkContext
     sc.setJobGroup(f"knnspark-{name}", f"knnspark: {name}")
     log.info("stage %s started", name)
     started = time.perf_counter()
-    beat = _Heartbeat(spark, name, started, heartbeat_s)
+    beat = _Heartbeat(spark, name, started, heartbeat_s, info)
     beat.start()
     try:
         yield info

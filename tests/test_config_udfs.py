@@ -97,6 +97,30 @@ def test_prepare_handles_sliced_batches():
     assert udfs.list_to_matrix(out.column("vec"), 2).tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
+def test_prepare_normalises_runs_and_scattered_rows_alike():
+    # Chunks of consecutive valid rows are normalised through a view, others by index: rows
+    # set aside (a NaN, a zero vector) and a second length break the runs.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 7))
+    x[[10, 4000]] = 0.0
+    x[2500, 3] = np.nan
+    vectors = [list(r) for r in x]
+    vectors[3000] = [1.0, 2.0]  # another length
+    out = _prepare(list(range(5000)), vectors, pa.float64())
+    status = np.array(out.column("status").to_pylist())
+    expected = np.zeros(5000, dtype=int)
+    expected[[10, 4000]] = udfs.STATUS_ZERO_NORM
+    expected[2500] = udfs.STATUS_NON_FINITE
+    assert status.tolist() == expected.tolist()
+    ok = np.flatnonzero((status == 0) & (np.arange(5000) != 3000))
+    got = udfs.list_to_matrix(out.column("vec").take(ok), 7)
+    oracle = (x[ok] / np.linalg.norm(x[ok], axis=1, keepdims=True)).astype(np.float32)
+    np.testing.assert_array_equal(got, oracle)
+    assert udfs.list_to_matrix(out.column("vec").slice(3000, 1), 2)[0] == pytest.approx(
+        np.array([1.0, 2.0]) / np.sqrt(5.0)
+    )
+
+
 def test_bucket_topk_adapter_round_trip():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3)).astype(np.float32)

@@ -1,12 +1,18 @@
 """Spark wiring: the pipeline against the numpy oracle, invariants, and input validation."""
 
+import logging
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from knnspark import inmemory
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
 from knnspark.pipeline import compute_neighbors
+from knnspark.progress import RunReport, stage
 from tests.conftest import to_df
 from tests.oracle import assert_topk_matches, brute_force_topk
 
@@ -329,10 +335,12 @@ def test_local_parquet_is_read_on_the_driver_and_gives_the_spark_read_table(
 
 
 @pytest.mark.parametrize("id_type", ["long", "string"])
-def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id_type):
-    """Up to driver_search_max_items the driver runs the workers' functions over the same
-    blocks: the same graph through rounds, fanout and the target-recall loop; and the table it
-    holds (what the CLI writes with pyarrow) is the emitted table, row for row."""
+def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id_type, monkeypatch):
+    """The driver runs the workers' functions over the same blocks, in a thread per core: the
+    same graph through rounds, fanout and the target-recall loop; and the table it holds
+    (what the CLI writes with pyarrow) is the emitted table, row for row."""
+    # Small blocks, so the driver's two threads each take several and finish out of order.
+    monkeypatch.setattr(inmemory, "BLOCK_ROWS", 256)
     keys, x = clustered
     df = to_df(spark, keys[:1500], x[:1500], id_type=id_type)
     cols = ["item_id", "neighbor_id", "rank", "score"]
@@ -343,7 +351,10 @@ def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id
         driver = compute_neighbors(df, cfg)
         workers = compute_neighbors(df, cfg.replace(driver_search_max_items=0))
         assert driver.report.resolved["search_on"] == "driver"
+        assert driver.report.resolved["driver_threads"] == 2  # local[2]
+        assert driver.report.resolved["n_blocks"] == 6
         assert workers.report.resolved["search_on"] == "workers"
+        assert workers.report.resolved["n_blocks"] == 6
         assert driver.report.resolved["steps"] == workers.report.resolved["steps"]
         assert len(driver.report.resolved["steps"]) > 1  # rounds (and probes) ran
         rows = driver.table.orderBy("item_id", "rank").select(cols).collect()
@@ -451,3 +462,36 @@ def test_worker_warm_up_runs_one_task_per_core_in_the_background(spark):
     n = spark.sparkContext.defaultParallelism
     pids = spark.range(n, numPartitions=n).mapInArrow(udfs.warm_up_batches, "pid long").collect()
     assert len(pids) == n and all(r.pid > 0 for r in pids)
+
+
+def test_where_the_in_memory_plan_searches(spark):
+    """Local mode: the driver by default (its machine runs the tasks anyway), in one thread
+    per local core; a cluster: the driver only for small tables, in spark.driver.cores
+    threads; an explicit limit holds for both, 0 meaning always the workers."""
+    cluster = SimpleNamespace(
+        sparkContext=SimpleNamespace(
+            master="yarn", getConf=lambda: SimpleNamespace(get=lambda key, default: "3")
+        )
+    )
+    big = 10 * inmemory.CLUSTER_DRIVER_SEARCH_MAX_ITEMS
+    default = KnnConfig()
+    assert inmemory.search_on_driver(spark, big, default)
+    assert inmemory.driver_threads(spark) == 2  # local[2]
+    assert inmemory.search_on_driver(cluster, inmemory.CLUSTER_DRIVER_SEARCH_MAX_ITEMS, default)
+    assert not inmemory.search_on_driver(cluster, big, default)
+    assert inmemory.driver_threads(cluster) == 3
+    for where in (spark, cluster):
+        assert not inmemory.search_on_driver(where, 10, KnnConfig(driver_search_max_items=0))
+        limit = KnnConfig(driver_search_max_items=500)
+        assert inmemory.search_on_driver(where, 500, limit)
+        assert not inmemory.search_on_driver(where, 501, limit)
+
+
+def test_stage_heartbeat_logs_the_driver_progress(spark, caplog):
+    """Work the driver does itself reports progress through the stage's heartbeat."""
+    with caplog.at_level(logging.INFO, logger="knnspark"):
+        with stage(spark, RunReport(), "demo", heartbeat_s=0.05) as info:
+            info["progress"] = "3/7 blocks"
+            time.sleep(0.5)
+    beats = [r.getMessage() for r in caplog.records if "stage demo running" in r.getMessage()]
+    assert beats and all(m.startswith("stage demo running: 3/7 blocks") for m in beats)
