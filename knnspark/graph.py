@@ -189,10 +189,25 @@ def probed_topk(
     return _finish(q_vecs, vecs, pos)
 
 
-def _finish(q_vecs: np.ndarray, vecs: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 re-score of the selected pairs and the final (score desc, position asc) order."""
+def _finish(
+    q_vecs: np.ndarray, vecs: np.ndarray, pos: np.ndarray, known: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 re-score of the selected pairs and the final (score desc, position asc) order.
+
+    ``known`` (same shape as ``pos``, NaN where unknown) holds pairs' scores from an earlier
+    re-score, which are used as they are.
+    """
     valid = pos >= 0
-    exact = _rescore(q_vecs, vecs, np.maximum(pos, 0), valid)
+    if known is None:
+        exact = _rescore(q_vecs, vecs, np.maximum(pos, 0), valid)
+    else:
+        exact = known.astype(np.float32)
+        rows, cols = np.nonzero(valid & np.isnan(known))
+        # One pair per row, through the same re-score (the same values as in a full row).
+        exact[rows, cols] = _rescore(
+            q_vecs[rows], vecs, pos[rows, cols][:, None], np.ones((len(rows), 1), dtype=bool)
+        )[:, 0]
+        exact[~valid] = -np.inf
     pos, exact = _ranked(np.where(valid, pos, np.iinfo(np.int64).max), exact)
     return np.where(pos == np.iinfo(np.int64).max, -1, pos), exact
 
@@ -231,6 +246,7 @@ def refine_topk(
     *,
     fanout: int | None = None,
     fresh_top: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One refinement round: each query's best ``k`` among its neighbours, their neighbours and
     the items that list it.
@@ -262,6 +278,10 @@ def refine_topk(
         With ``fresh`` and a ``fanout`` below ``kg``: which of each item's first ``fanout``
         entries were not among its first ``fanout`` last round (only those lists were scored
         then; ``fresh_entries(graph[:, :fanout], previous[:, :fanout])``).
+    scores : ndarray of shape (n, kg), float32, optional
+        The graph's scores. A query keeps about half its neighbours in a round; their scores
+        are taken from here instead of re-computed, which gives the same values (the same
+        float64 re-score made them).
 
     Returns
     -------
@@ -303,13 +323,20 @@ def refine_topk(
         width = max(int((cand < n).sum(axis=1).max()), 1)
         cand = cand[:, :width]
         q_vecs = np.ascontiguousarray(vecs[q], dtype=np.float32)
-        scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
-        scores[cand == n] = -np.inf
+        cand_scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
+        cand_scores[cand == n] = -np.inf
         kk = min(k, width)
-        sel = _select_topk(scores, kk)
+        sel = _select_topk(cand_scores, kk)
         pos = np.take_along_axis(cand, sel, axis=1)
-        pos[np.take_along_axis(scores, sel, axis=1) == -np.inf] = -1
-        out_pos[s : s + len(q), :kk], out_s[s : s + len(q), :kk] = _finish(q_vecs, vecs, pos)
+        pos[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
+        known = None
+        if scores is not None:
+            # (c, kk, kg): which kept pair is the query's j-th current neighbour.
+            same = (pos[:, :, None] == nb[:, None, :]) & (pos[:, :, None] >= 0)
+            known = np.where(
+                same.any(axis=2), scores[q][np.arange(len(q))[:, None], same.argmax(axis=2)], np.nan
+            )
+        out_pos[s : s + len(q), :kk], out_s[s : s + len(q), :kk] = _finish(q_vecs, vecs, pos, known)
     return out_pos, out_s
 
 

