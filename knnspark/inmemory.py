@@ -15,9 +15,9 @@ Spark SQL's broadcast join, this plan broadcasts the small side, here the whole 
 3. ``emit``: the final graph becomes the ``key, nbr, rank, score`` table; or, since the driver
    holds the graph, :class:`DriverTable` gives the same rows to a writer on the driver.
 
-A table of up to ``driver_search_max_items`` items is searched by the driver itself
-(:func:`search_on_driver`): the same block functions over the same blocks, without starting
-the Python workers, which costs more than such a search.
+In local mode (and on a cluster, for tables of up to 20,000 items) the driver searches
+itself (:func:`search_on_driver`): the same block functions over the same blocks, in one
+thread per core, without starting the Python workers or broadcasting the vectors.
 
 Blocks depend on the data alone (cluster order, a fixed block size), never on Spark's
 partitioning, so the table is the same whatever the cluster. With ``target_recall``, a sample's

@@ -480,7 +480,8 @@ def prepare_on_driver(
     aggregation and duplicate-id jobs, no collect (at 100k x 384: 4 s of a 46 s run). Local
     Parquet files (a plain scan, see :func:`io.local_parquet_files`) skip that job too: pyarrow
     reads them on the driver, which runs the same validation function, while a background job
-    starts the Python workers for the search (:func:`inmemory.start_workers`).
+    starts the Python workers when they will search (:func:`inmemory.start_workers`; not when
+    the driver searches, :func:`inmemory.search_on_driver`).
 
     Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, an
     input that is more than a scan (a join would be computed twice), a table beyond the budget,
