@@ -45,6 +45,7 @@ from knnspark.config import KnnConfig
 from knnspark.kmeans import nearest_centroids, probe_recall_curve
 from knnspark.metrics import recall_per_item
 from knnspark.progress import RunReport, stage
+from knnspark.session import local_cores
 
 __all__ = [
     "DriverTable",
@@ -143,8 +144,10 @@ CLUSTER_DRIVER_SEARCH_MAX_ITEMS = 20_000
 
 
 def is_local(spark: SparkSession) -> bool:
-    """Whether Spark runs in local mode (the driver's machine runs every task)."""
-    return spark.sparkContext.master.startswith("local")
+    """Whether Spark runs in local mode: every task runs in the driver's process, on its
+    machine (``local-cluster``, which starts executors of its own to mimic a cluster, is not)."""
+    master = spark.sparkContext.master
+    return master == "local" or master.startswith("local[")
 
 
 def search_on_driver(spark: SparkSession, n_items: int, config: KnnConfig) -> bool:
@@ -167,10 +170,11 @@ def search_on_driver(spark: SparkSession, n_items: int, config: KnnConfig) -> bo
 
 
 def driver_threads(spark: SparkSession) -> int:
-    """Threads the driver searches with: the local cores in local mode, else
-    ``spark.driver.cores`` (default 1)."""
+    """Threads the driver searches with: the cores of the local master URL in local mode
+    (``local[N]``: N; not ``spark.default.parallelism``, which may be set above the cores),
+    else ``spark.driver.cores`` (default 1)."""
     if is_local(spark):
-        return max(1, spark.sparkContext.defaultParallelism)
+        return local_cores(spark.sparkContext.master)
     return max(1, int(spark.sparkContext.getConf().get("spark.driver.cores", "1")))
 
 

@@ -144,7 +144,7 @@ def _rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -
 
     Re-scoring the selected pairs in float64 gives a pair the same score in whatever bucket,
     block shape or direction it was found, which keeps merges and reruns bit-identical. Runs by
-    row chunks so the gathered float64 vectors stay within ``_RESCORE_BYTES``.
+    row chunks so the gathered vectors (counted at float64 size) stay within ``_RESCORE_BYTES``.
     """
     n, kk = pos.shape
     out = np.empty((n, kk), dtype=np.float32)

@@ -20,6 +20,7 @@ __all__ = [
     "driver_jit",
     "get_session",
     "jit_options",
+    "local_cores",
     "stop_session",
 ]
 
@@ -86,7 +87,7 @@ def get_session(
     if not under_submit:
         # Spark's default of 200 shuffle partitions is sized for clusters; on one machine each
         # becomes a task (and a Python worker call), which costs seconds per stage.
-        defaults["spark.sql.shuffle.partitions"] = str(4 * _local_cores(master or "local[*]"))
+        defaults["spark.sql.shuffle.partitions"] = str(4 * local_cores(master or "local[*]"))
     merged = {**defaults, **(conf or {})}
     from pyspark import SparkContext
 
@@ -152,7 +153,7 @@ def driver_jit(spark: SparkSession) -> str:
     return "c1" if levels and levels[-1] in ("1", "2", "3") else "c2"
 
 
-def _local_cores(master: str) -> int:
+def local_cores(master: str) -> int:
     """Cores of a local master URL: ``local`` 1, ``local[N]`` / ``local[N,F]`` N, ``local[*]``
     the machine's, ``local-cluster[W,C,M]`` W x C; anything else the machine's."""
     machine = os.cpu_count() or 1

@@ -269,7 +269,7 @@ def _normalize_rows(
 
     Rows that follow each other hold one run of values (the usual batch: every row valid and of
     one length), which is normalised through a view instead of an index gather and scatter
-    (100k x 384: 0.1 s against 1.1 s).
+    (100k x 384: the whole prepare took 0.55 s against 1.48 s).
     """
     lo = int(starts[rows[0]])
     if rows[-1] - rows[0] == len(rows) - 1:

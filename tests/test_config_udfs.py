@@ -172,12 +172,12 @@ def test_memory_strings_in_mb():
     assert _mb("1073741824") == 1024 and _mb("2048k") == 2 and _mb("1gb") == 1024
 
 
-def test_local_cores_of_master_urls():
+def testlocal_cores_of_master_urls():
     import os
 
-    from knnspark.session import _local_cores
+    from knnspark.session import local_cores
 
     machine = os.cpu_count() or 1
-    assert _local_cores("local") == 1 and _local_cores("local[3]") == 3
-    assert _local_cores("local[*]") == machine and _local_cores("local[2,4]") == 2
-    assert _local_cores("local-cluster[2,1,1024]") == 2 and _local_cores("yarn") == machine
+    assert local_cores("local") == 1 and local_cores("local[3]") == 3
+    assert local_cores("local[*]") == machine and local_cores("local[2,4]") == 2
+    assert local_cores("local-cluster[2,1,1024]") == 2 and local_cores("yarn") == machine

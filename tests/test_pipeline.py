@@ -480,6 +480,8 @@ def test_where_the_in_memory_plan_searches(spark):
     assert inmemory.search_on_driver(cluster, inmemory.CLUSTER_DRIVER_SEARCH_MAX_ITEMS, default)
     assert not inmemory.search_on_driver(cluster, big, default)
     assert inmemory.driver_threads(cluster) == 3
+    pseudo = SimpleNamespace(sparkContext=SimpleNamespace(master="local-cluster[2,1,1024]"))
+    assert not inmemory.search_on_driver(pseudo, big, default)  # it mimics a cluster
     for where in (spark, cluster):
         assert not inmemory.search_on_driver(where, 10, KnnConfig(driver_search_max_items=0))
         limit = KnnConfig(driver_search_max_items=500)
