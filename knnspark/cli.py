@@ -255,8 +255,10 @@ def _resolve_output(job: dict[str, Any]) -> None:
 
 def _worker_python(spark: Any) -> str | None:
     """The interpreter Python workers run (which environment the executors really used)."""
+    from knnspark.session import is_local_master
+
     sc = spark.sparkContext
-    if sc.master == "local" or sc.master.startswith("local["):
+    if is_local_master(sc.master):
         # Local workers are forked on this machine from the driver's pythonExec; asking one
         # costs a Spark job (seconds on a small run).
         return shutil.which(sc.pythonExec) or sc.pythonExec

@@ -45,7 +45,7 @@ from knnspark.config import KnnConfig
 from knnspark.kmeans import nearest_centroids, probe_recall_curve
 from knnspark.metrics import recall_per_item
 from knnspark.progress import RunReport, stage
-from knnspark.session import local_cores
+from knnspark.session import is_local_master, local_cores
 
 __all__ = [
     "DriverTable",
@@ -143,13 +143,6 @@ def start_workers(spark: SparkSession) -> threading.Thread:
 CLUSTER_DRIVER_SEARCH_MAX_ITEMS = 20_000
 
 
-def is_local(spark: SparkSession) -> bool:
-    """Whether Spark runs in local mode: every task runs in the driver's process, on its
-    machine (``local-cluster``, which starts executors of its own to mimic a cluster, is not)."""
-    master = spark.sparkContext.master
-    return master == "local" or master.startswith("local[")
-
-
 def search_on_driver(spark: SparkSession, n_items: int, config: KnnConfig) -> bool:
     """Whether the in-memory plan searches a table of ``n_items`` on the driver itself.
 
@@ -165,7 +158,8 @@ def search_on_driver(spark: SparkSession, n_items: int, config: KnnConfig) -> bo
     """
     limit = config.driver_search_max_items
     if limit is None:
-        limit = n_items if is_local(spark) else CLUSTER_DRIVER_SEARCH_MAX_ITEMS
+        local = is_local_master(spark.sparkContext.master)
+        limit = n_items if local else CLUSTER_DRIVER_SEARCH_MAX_ITEMS
     return n_items <= limit
 
 
@@ -173,7 +167,7 @@ def driver_threads(spark: SparkSession) -> int:
     """Threads the driver searches with: the cores of the local master URL in local mode
     (``local[N]``: N; not ``spark.default.parallelism``, which may be set above the cores),
     else ``spark.driver.cores`` (default 1)."""
-    if is_local(spark):
+    if is_local_master(spark.sparkContext.master):
         return local_cores(spark.sparkContext.master)
     return max(1, int(spark.sparkContext.getConf().get("spark.driver.cores", "1")))
 

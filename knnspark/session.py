@@ -19,6 +19,7 @@ __all__ = [
     "class_archive_path",
     "driver_jit",
     "get_session",
+    "is_local_master",
     "jit_options",
     "local_cores",
     "stop_session",
@@ -151,6 +152,13 @@ def driver_jit(spark: SparkSession) -> str:
         return "c2"
     levels = [a.split("=", 1)[1] for a in args if a.startswith("-XX:TieredStopAtLevel=")]
     return "c1" if levels and levels[-1] in ("1", "2", "3") else "c2"
+
+
+def is_local_master(master: str) -> bool:
+    """Whether a master URL is local mode (``local``, ``local[N]``, ``local[*]``,
+    ``local[N,F]``): every task runs in the driver's process, on its machine.
+    ``local-cluster``, which starts executors of its own to mimic a cluster, is not."""
+    return master == "local" or master.startswith("local[")
 
 
 def local_cores(master: str) -> int:

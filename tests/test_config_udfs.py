@@ -172,12 +172,14 @@ def test_memory_strings_in_mb():
     assert _mb("1073741824") == 1024 and _mb("2048k") == 2 and _mb("1gb") == 1024
 
 
-def testlocal_cores_of_master_urls():
+def test_local_cores_and_local_mode_of_master_urls():
     import os
 
-    from knnspark.session import local_cores
+    from knnspark.session import is_local_master, local_cores
 
     machine = os.cpu_count() or 1
     assert local_cores("local") == 1 and local_cores("local[3]") == 3
     assert local_cores("local[*]") == machine and local_cores("local[2,4]") == 2
     assert local_cores("local-cluster[2,1,1024]") == 2 and local_cores("yarn") == machine
+    assert all(map(is_local_master, ["local", "local[3]", "local[*]", "local[2,4]"]))
+    assert not any(map(is_local_master, ["local-cluster[2,1,1024]", "yarn", "k8s://h:443"]))
