@@ -62,11 +62,16 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="input table path (Parquet unless --input-format)")
     p.add_argument("--output", help="output directory for the neighbour table")
     p.add_argument("--k", type=int, help="neighbours per item (default 10)")
-    p.add_argument("--method", choices=METHODS, help="kmeans (default), lsh or exact")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="kmeans, lsh or exact (default: kmeans for cosine, lsh for jaccard)",
+    )
     p.add_argument(
         "--metric",
         choices=METRICS,
-        help="cosine (default) on vectors, or jaccard on token sets (with --method lsh or exact)",
+        help="cosine (default) on vectors, or jaccard on token sets (MinHash LSH unless "
+        "--method exact)",
     )
     p.add_argument("--n-tables", type=int, help="LSH tables (default: chosen from the data)")
     p.add_argument(
@@ -293,29 +298,57 @@ def _run_in(
     spark: Any, job: dict[str, Any], config: KnnConfig, started: datetime, t0: float
 ) -> int:
     from knnspark import io
+
+    target = io.partition_path(job["output"], job["partition_date"])
+    outputs = [("--output", job["output"])]  # the table root: every dt= partition lies inside
+    rejected_root = None
+    if config.on_invalid == "skip":
+        rejected_root = job.get("rejected_output") or job["output"].rstrip("/") + "_rejected"
+        outputs.append(("--rejected-output", rejected_root))
+    # Before any work: no output may overwrite, hold or sit inside the input (or another
+    # output), and --table may only name our own external table at --output.
+    io.check_paths(spark, [job["input"]], outputs)
+    if job["table"]:
+        io.check_table_location(spark, job["table"], job["output"])
+    staged: list[io.Staging] = []
+    try:
+        staged.append(io.open_staging(spark, target, job["mode"]))
+        if rejected_root is not None:
+            rejected_target = io.partition_path(rejected_root, job["partition_date"])
+            staged.append(io.open_staging(spark, rejected_target, job["mode"]))
+        return _compute_and_publish(spark, job, config, started, t0, staged)
+    finally:  # a published table's staging is gone already; a failed run's is removed
+        for staging in staged:
+            io.discard(spark, staging)
+
+
+def _compute_and_publish(
+    spark: Any,
+    job: dict[str, Any],
+    config: KnnConfig,
+    started: datetime,
+    t0: float,
+    staged: list[Any],
+) -> int:
+    from knnspark import io
     from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
     from knnspark.session import class_archive_in_use, driver_jit
 
-    target = io.partition_path(job["output"], job["partition_date"])
-    io.check_output(spark, target, job["mode"])
-    if job["table"]:
-        io.check_table_name(job["table"])
-    rejected_target = None
-    if config.on_invalid == "skip":
-        rejected_root = job.get("rejected_output") or job["output"].rstrip("/") + "_rejected"
-        rejected_target = io.partition_path(rejected_root, job["partition_date"])
-        io.check_output(spark, rejected_target, job["mode"])
+    staging = staged[0]
+    target = staging.target
+    rejected_staging = staged[1] if len(staged) > 1 else None
+    rejected_target = None if rejected_staging is None else rejected_staging.target
     df = io.read_input(spark, job["input"], job["input_format"])
     result = compute_neighbors(df, config)
     report = result.report
     write_start = time.perf_counter()
     log.info("stage write started: %s", target)
     spark.sparkContext.setJobGroup("knnspark-write", "knnspark: write")
-    if rejected_target is not None and result.rejected is not None:
+    if rejected_staging is not None and result.rejected is not None:
         io.publish_table(
             spark,
             result.rejected,
-            rejected_target,
+            rejected_staging,
             job["mode"],
             lambda staging: {
                 "rows": io.written_rows(spark, staging),
@@ -368,7 +401,7 @@ def _run_in(
         table = result.table
     report.resolved["output_write"] = writer
     manifest_path = io.publish_table(
-        spark, table, target, job["mode"], make_manifest, arrow_files=arrow_files
+        spark, table, staging, job["mode"], make_manifest, arrow_files=arrow_files
     )
     log.info("stage write done in %.1fs", report.timings["write"])
     if job["table"]:  # "" (e.g. an unset Airflow Variable) means no table

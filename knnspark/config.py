@@ -33,7 +33,9 @@ class KnnConfig:
     ----------
     k : int
         Neighbours per item (an item with fewer than ``k`` other items gets all of them).
-    method : {"kmeans", "lsh", "exact"}
+    method : {"kmeans", "lsh", "exact"} or None
+        ``None`` (the default) follows the metric: ``kmeans`` for cosine, ``lsh`` (MinHash)
+        for Jaccard; :attr:`resolved_method` gives the choice.
         ``kmeans``: spherical k-means buckets, each item probes its ``n_probe`` nearest buckets.
         ``lsh``: locality-sensitive hashing buckets (random hyperplanes for cosine, MinHash
         bands for Jaccard); no sample or training.
@@ -137,7 +139,7 @@ class KnnConfig:
     """
 
     k: int = 10
-    method: str = "kmeans"
+    method: str | None = None
     metric: str = "cosine"
     id_col: str = "id"
     vector_col: str = "vector"
@@ -174,7 +176,7 @@ class KnnConfig:
             problem = check(value)
             if problem:
                 raise ConfigError(f"{name}={value!r} is invalid: {problem}")
-        if self.metric == "jaccard" and self.method == "kmeans":
+        if self.metric == "jaccard" and self.method == "kmeans":  # asked for explicitly
             raise ConfigError(
                 "metric='jaccard' works with method 'lsh' (MinHash) or 'exact', not 'kmeans' "
                 "(k-means needs dense vectors); pass --method lsh"
@@ -199,6 +201,14 @@ class KnnConfig:
                 )
 
     # -- derived defaults -------------------------------------------------------------------
+    @property
+    def resolved_method(self) -> str:
+        """The search method: ``method`` when set, else the metric's default (k-means needs
+        dense vectors, so sets get MinHash LSH)."""
+        if self.method is not None:
+            return self.method
+        return "lsh" if self.metric == "jaccard" else "kmeans"
+
     def resolve_n_clusters(self, n_items: int) -> int:
         """Number of k-means clusters for ``n_items`` items (1 for tiny tables)."""
         if self.n_clusters is not None:
@@ -267,8 +277,9 @@ def _column_name(v: Any) -> str | None:
 
 
 _CONSTRAINTS = {
-    "k": _int_range(1),
-    "method": _one_of(*METHODS),
+    # Ranks are 32-bit integers in the output; a k above the other items gives all of them.
+    "k": _int_range(1, 2**31 - 1),
+    "method": lambda v: None if v is None else _one_of(*METHODS)(v),
     "id_col": _column_name,
     "vector_col": _column_name,
     "n_clusters": _int_range(1, optional=True),

@@ -117,24 +117,36 @@ def fits_in_memory(spark: SparkSession, n_items: int, dim: int, config: KnnConfi
     return False
 
 
-def start_workers(spark: SparkSession) -> threading.Thread:
+class WarmUp(threading.Thread):
+    """The background job of :func:`start_workers`; ``error`` holds what it raised, if it did."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        super().__init__(name="knnspark-warm-up", daemon=True)
+        self.spark = spark
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        n = self.spark.sparkContext.defaultParallelism
+        try:
+            self.spark.sparkContext.setJobDescription("knnspark: start the Python workers")
+            self.spark.range(n, numPartitions=n).mapInArrow(
+                udfs.warm_up_batches, "pid long"
+            ).collect()
+        except Exception as exc:  # noqa: BLE001 - e.g. the session stopped meanwhile
+            self.error = exc
+            log.info("worker warm-up failed (the search starts them instead): %s", exc)
+
+
+def start_workers(spark: SparkSession) -> WarmUp:
     """Start the Python workers in the background while the driver works (reads, k-means).
 
     A local session's first Python job pays the start of Spark's Python daemon and workers
     and their imports (3-5 s on a 2-core machine, against 0.2 s for the same job warm); the
     driver-read path has no other job to pay it before the search. One task per core; workers
-    are reused by the later jobs. Best effort: a failure only costs that time back.
+    are reused by the later jobs. Best effort: a failure only costs that time back, and is kept
+    in the returned thread's ``error``.
     """
-    n = spark.sparkContext.defaultParallelism
-
-    def run() -> None:
-        try:
-            spark.sparkContext.setJobDescription("knnspark: start the Python workers")
-            spark.range(n, numPartitions=n).mapInArrow(udfs.warm_up_batches, "pid long").collect()
-        except Exception as exc:  # noqa: BLE001 - e.g. the session stopped meanwhile
-            log.debug("worker warm-up failed: %s", exc)
-
-    thread = threading.Thread(target=run, name="knnspark-warm-up", daemon=True)
+    thread = WarmUp(spark)
     thread.start()
     return thread
 

@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -29,7 +30,12 @@ from knnspark.errors import InputError, OutputError
 __all__ = [
     "MANIFEST_NAME",
     "WRITE_MODES",
+    "Staging",
+    "check_file_schemas",
     "check_output",
+    "check_paths",
+    "check_table_location",
+    "open_staging",
     "check_table_name",
     "partition_path",
     "publish_table",
@@ -91,6 +97,43 @@ def local_parquet_files(df: DataFrame) -> list[str] | None:
     if not files or not all(f.startswith("file:") for f in files):
         return None
     return [unquote(urlparse(f).path) for f in files]
+
+
+def check_file_schemas(df: DataFrame, columns: Sequence[str]) -> None:
+    """Refuse a scan of local Parquet files that disagree on ``columns`` (missing in some, or of
+    another type): two tables in one directory. Spark reads such a scan with one file's schema
+    and gives the others' rows nulls, which would be reported as invalid rows without the cause.
+    Only the footers are read. Other columns may differ (a table whose schema evolved).
+    Remote files are not checked here: their rows with a missing column are reported by the
+    validation as rows with a null id or vector."""
+    files = local_parquet_files(df)
+    if not files or len(files) < 2:
+        return
+    groups: dict[tuple, list[str]] = {}
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except (pa.ArrowException, OSError, ValueError):
+            return  # Spark reads it, or reports why
+        key = tuple(
+            (c, str(schema.field(c).type) if c in schema.names else "missing") for c in columns
+        )
+        groups.setdefault(key, []).append(f)
+    if len(groups) < 2:
+        return
+    described = "; ".join(
+        f"{len(group)} file(s) such as {os.path.basename(group[0])!r} have "
+        + ", ".join(f"{c}: {t}" for c, t in key)
+        for key, group in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    )
+    raise InputError(
+        f"the {len(files)} input files disagree on the columns {', '.join(columns)}: "
+        f"{described}. One input must hold one table: move the other files out of the input "
+        "directory, or point --input at one table's files.",
+        check="mixed_schemas",
+        n_rows=0,
+        examples=[os.path.basename(group[0]) for group in groups.values()],
+    )
 
 
 def local_parquet_shape(files: list[str], vector_col: str) -> tuple[int, int] | None:
@@ -224,63 +267,283 @@ def check_output(spark: SparkSession, target: str, mode: str) -> None:
         )
 
 
+# ------------------------------------------------------------------------------ path safety
+@dataclass(frozen=True)
+class _Location:
+    """A fully qualified location: scheme, authority and the path's components."""
+
+    text: str  # as the user gave it
+    scheme: str
+    authority: str
+    parts: tuple[str, ...]
+
+    def __str__(self) -> str:
+        path = "/" + "/".join(self.parts)
+        if self.authority:
+            return f"{self.scheme}://{self.authority}{path}"
+        return f"{self.scheme}:{path}"
+
+    def contains(self, other: _Location) -> bool:
+        """Whether ``other`` is this location or lies inside it."""
+        return (
+            (self.scheme, self.authority) == (other.scheme, other.authority)
+            and other.parts[: len(self.parts)] == self.parts
+        )
+
+
+def _locations(spark: SparkSession, path: str, *, expand_globs: bool) -> list[_Location]:
+    """Where ``path`` really is, as Spark resolves it: against ``fs.defaultFS`` and the working
+    directory, globs expanded (``expand_globs``), trailing slashes dropped, and on the local
+    filesystem every symlink followed (so ``link/`` and the directory it points to compare
+    equal)."""
+    fs = _Fs(spark, path)
+    qualified = fs.fs.makeQualified(fs.path(path))
+    paths = [qualified]
+    if expand_globs:
+        try:
+            statuses = fs.fs.globStatus(qualified)
+        except Exception:  # noqa: BLE001 - a path Hadoop cannot list: compare it as written
+            statuses = None
+        if statuses:
+            paths = [st.getPath() for st in statuses]
+    out = []
+    for p in paths:
+        uri = p.toUri()
+        scheme = str(uri.getScheme() or "")
+        authority = str(uri.getAuthority() or "")
+        raw = unquote(str(uri.getPath() or "/"))
+        if scheme == "file":
+            raw = os.path.realpath(raw)  # follows symlinks of the part that exists
+        parts = tuple(part for part in raw.split("/") if part and part != ".")
+        out.append(_Location(path, scheme, authority, parts))
+    return out
+
+
+def check_paths(
+    spark: SparkSession,
+    inputs: Sequence[str],
+    outputs: Sequence[tuple[str, str]],
+) -> None:
+    """Refuse, before any work, every output that would overwrite or mix with an input or with
+    another output.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Input paths as given (globs allowed: each match is checked).
+    outputs : sequence of (flag, path)
+        Every location a run writes or publishes, each with the flag that named it (for the
+        message), e.g. ``("--output", "nbrs/")``, ``("--rejected-output", "nbrs_rejected/")``.
+
+    Raises
+    ------
+    OutputError
+        When an output equals an input, lies inside one, or holds one; or two outputs overlap.
+        Whatever ``--mode``: an overwrite would delete the input, and an output inside an input
+        directory would be read back as input by the next run (Spark refuses the same for SQL
+        writes: "Cannot overwrite a path that is also being read from").
+    """
+    read = [loc for path in inputs for loc in _locations(spark, path, expand_globs=True)]
+    written = [(flag, _locations(spark, path, expand_globs=False)[0]) for flag, path in outputs]
+    for flag, out in written:
+        for src in read:
+            if out.contains(src) or src.contains(out):
+                how = (
+                    "is the input"
+                    if out.parts == src.parts
+                    else "would hold the input"
+                    if out.contains(src)
+                    else "lies inside the input"
+                )
+                raise OutputError(
+                    f"{flag} {out.text!r} ({out}) {how} {src.text!r} ({src}): writing there "
+                    f"would destroy or mix with the input. Choose a {flag} outside the input "
+                    "and not containing it, e.g. a sibling directory."
+                )
+    for i, (flag_a, a) in enumerate(written):
+        for flag_b, b in written[i + 1 :]:
+            if a.contains(b) or b.contains(a):
+                raise OutputError(
+                    f"{flag_a} {a.text!r} ({a}) and {flag_b} {b.text!r} ({b}) overlap: one "
+                    f"would overwrite or be read back as part of the other. Give {flag_b} a "
+                    "path of its own."
+                )
+
+
+def check_table_location(spark: SparkSession, name: str, location: str) -> None:
+    """Refuse a ``--table`` that already exists as anything but an external table at
+    ``location`` (a managed table, a view, or an external table elsewhere): the job only ever
+    creates or refreshes its own external table, never drops or rewrites another one."""
+    check_table_name(name)
+    if not spark.catalog.tableExists(name):
+        return
+    quoted = ".".join(f"`{part}`" for part in name.split("."))
+    info = {
+        str(r[0]).strip(): str(r[1]).strip()
+        for r in spark.sql(f"DESCRIBE TABLE EXTENDED {quoted}").collect()
+        if r[0] is not None and r[1] is not None
+    }
+    kind = info.get("Type", "").upper()
+    where = info.get("Location")
+    if kind != "EXTERNAL" or where is None:
+        raise OutputError(
+            f"--table {name!r} already exists as a {kind.lower() or 'view or temporary'} "
+            f"table{f' at {where!r}' if where else ''}, not an external table at --output "
+            f"{location!r}; knnspark never drops or rewrites another table. Choose another "
+            "--table name, or drop that table yourself if it is really yours."
+        )
+    have = _locations(spark, where, expand_globs=False)[0]
+    want = _locations(spark, location, expand_globs=False)[0]
+    if (have.scheme, have.authority, have.parts) != (want.scheme, want.authority, want.parts):
+        raise OutputError(
+            f"--table {name!r} is an external table at {where!r}, not at --output "
+            f"{location!r} ({want}); registering it would point it elsewhere. Choose another "
+            "--table name, or the --output that table already uses."
+        )
+
+
+# ------------------------------------------------------------------------- atomic publish
+STAGING_PREFIX = "_knnspark-staging-"
+
+
 def _split(path: str) -> tuple[str, str]:
     path = path.rstrip("/")
     parent, _, name = path.rpartition("/")
     return parent, name
 
 
+@dataclass
+class Staging:
+    """Where one run stages its table before the atomic rename onto ``target``.
+
+    ``<parent>/_knnspark-staging-<id>/<name>``: the ``_`` directory is invisible to readers of
+    the table (Spark and DuckDB partition discovery skip it), while the leaf keeps the target's
+    own name, so the staged table can be read back before it is published.
+    """
+
+    target: str
+    root: str
+    path: str
+    trash: str
+
+
+def _recover_leftovers(fs: _Fs, target: str) -> None:
+    """Clean up after earlier runs of ``target`` that were killed (SIGKILL, a lost node) before
+    they could: a killed run leaves its staging directory beside the target; one killed between
+    its two renames also leaves the previous table there as ``replaced-<name>`` with no table at
+    the target, which is put back first. Only staging directories of this target's name are
+    touched (other ``dt=`` partitions' runs stage beside it)."""
+    parent, name = _split(target)
+    statuses = fs.fs.globStatus(fs.path(f"{parent}/{STAGING_PREFIX}*"))
+    for status in statuses or []:
+        root = str(status.getPath().toString())
+        trash, staged = f"{root}/replaced-{name}", f"{root}/{name}"
+        if not (fs.exists(trash) or fs.exists(staged)):
+            continue
+        if fs.exists(trash) and not fs.exists(target):
+            fs.rename(trash, target)
+            log.warning("restored %s from %s (a run was killed while publishing)", target, trash)
+        fs.delete(root)
+        log.warning("removed %s, left by a run of %s that was killed", root, target)
+
+
+def open_staging(spark: SparkSession, target: str, mode: str) -> Staging:
+    """Check ``target`` can be written and reserve its staging directory, before any work.
+
+    Refuses an existing target with ``mode="error"``, cleans what killed runs of the same target
+    left (:func:`_recover_leftovers`), and creates the staging directory, which is also the
+    proof that the location is writable: a read-only directory, a missing permission or a
+    read-only filesystem fails here, with nothing left behind, instead of after the search.
+    Pair with :func:`discard` when the run fails before :func:`publish_table`.
+    """
+    check_output(spark, target, mode)
+    fs = _Fs(spark, target)
+    _recover_leftovers(fs, target)
+    parent, name = _split(target)
+    root = f"{parent}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        created = bool(fs.fs.mkdirs(fs.path(root)))
+    except Exception as exc:  # noqa: BLE001 - Py4J wraps the filesystem's IOException
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        created = False
+    else:
+        reason = "the filesystem refused to create a directory there"
+    if not created:
+        raise OutputError(
+            f"cannot write the output {target!r}: creating {root!r} failed ({reason}). The "
+            "directory is read-only or not yours; choose a writable --output, or fix its "
+            "permissions."
+        )
+    return Staging(target=target, root=root, path=f"{root}/{name}", trash=f"{root}/replaced-{name}")
+
+
+def discard(spark: SparkSession, staging: Staging) -> None:
+    """Remove a staging directory that will not be published (the run failed before)."""
+    fs = _Fs(spark, staging.root)
+    if fs.exists(staging.root):
+        fs.delete(staging.root)
+
+
 def publish_table(
     spark: SparkSession,
     table: DataFrame | None,
-    target: str,
+    target: str | Staging,
     mode: str,
     make_manifest: Callable[[str], dict[str, Any]],
     arrow_files: Iterable[pa.Table] | None = None,
 ) -> str:
     """Write ``table`` as Parquet to ``target`` atomically; returns the manifest path.
 
-    ``make_manifest(staging_path)`` is called once the data is written (so it can read the
-    written table back, e.g. to count rows) and its result is stored as ``_manifest.json``.
-    ``arrow_files`` (a ``target`` on the driver's filesystem only, see :func:`is_local`): the
-    same table as Arrow tables on the driver, which pyarrow writes one file each instead of
-    Spark writing ``table``.
+    ``target`` is a path, or the :class:`Staging` that :func:`open_staging` reserved for it
+    before the run's work. ``make_manifest(staging_path)`` is called once the data is written
+    (so it can read the written table back, e.g. to count rows) and its result is stored as
+    ``_manifest.json``. ``arrow_files`` (a ``target`` on the driver's filesystem only, see
+    :func:`is_local`): the same table as Arrow tables on the driver, which pyarrow writes one
+    file each instead of Spark writing ``table``.
     """
+    staging = target if isinstance(target, Staging) else open_staging(spark, target, mode)
+    target = staging.target
     fs = _Fs(spark, target)
-    parent, name = _split(target)
-    # Staging at <parent>/_knnspark-staging-<id>/<name>: the ``_`` directory is invisible to
-    # readers of the table (Spark and DuckDB partition discovery skip it), while the leaf keeps
-    # the target's own name, so it can be read back before it is published.
-    run_id = uuid.uuid4().hex[:12]
-    staging_root = f"{parent}/_knnspark-staging-{run_id}"
-    staging = f"{staging_root}/{name}"
-    trash = f"{staging_root}/replaced-{name}"
     try:
         if arrow_files is None:
             if table is None:
                 raise ValueError("publish_table needs a table or arrow_files")
-            table.write.mode("errorifexists").parquet(staging)
+            table.write.mode("errorifexists").parquet(staging.path)
         else:
-            local = fs.local_path(staging)
+            local = fs.local_path(staging.path)
             if local is None:
-                raise OutputError(f"{staging!r} is not on the driver's filesystem")
+                raise OutputError(f"{staging.path!r} is not on the driver's filesystem")
             _write_local_files(local, arrow_files)
-        manifest = make_manifest(staging)
-        fs.write_text(f"{staging}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, default=str))
+        manifest = make_manifest(staging.path)
+        fs.write_text(
+            f"{staging.path}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, default=str)
+        )
+        _pause_for_tests()
         if fs.exists(target):
             if mode == "error":
                 raise OutputError(f"output {target!r} appeared while the job ran; not replaced")
-            fs.rename(target, trash)
-        fs.rename(staging, target)
+            fs.rename(target, staging.trash)
+        fs.rename(staging.path, target)
     except BaseException:
-        if fs.exists(trash) and not fs.exists(target):
-            fs.rename(trash, target)  # put the previous table back
-        if fs.exists(staging_root):
-            fs.delete(staging_root)
+        if fs.exists(staging.trash) and not fs.exists(target):
+            fs.rename(staging.trash, target)  # put the previous table back
+        if fs.exists(staging.root):
+            fs.delete(staging.root)
         raise
-    fs.delete(staging_root)
+    fs.delete(staging.root)
     log.info("published %s", target)
     return f"{target}/{MANIFEST_NAME}"
+
+
+def _pause_for_tests() -> None:
+    """``KNNSPARK_PAUSE_BEFORE_PUBLISH=SECONDS``: wait with the table staged and not yet
+    published, so a test can kill the driver exactly there (see tests of killed runs)."""
+    pause = os.environ.get("KNNSPARK_PAUSE_BEFORE_PUBLISH")
+    if pause:
+        import time
+
+        log.info("staged; pausing %s s before publishing (KNNSPARK_PAUSE_BEFORE_PUBLISH)", pause)
+        time.sleep(float(pause))
 
 
 def is_local(spark: SparkSession, path: str) -> bool:

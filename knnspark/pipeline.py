@@ -148,15 +148,17 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     spark = df.sparkSession
     report = RunReport()
     driver_table = None
+    io.check_file_schemas(df, (config.id_col, config.vector_col))
     prep = prepare_on_driver(df, config, report) or prepare_input(df, config, report)
     n, k = prep.n_items, config.k
     kk = min(k, max(n - 1, 0))
     report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)
+    report.resolved["method"] = config.resolved_method
     if kk == 0:
         make_merged = functools.partial(spark.createDataFrame, [], _MERGED_SCHEMA)
     else:
         in_memory = prep.items is not None or (
-            config.method in ("kmeans", "exact")
+            config.resolved_method in ("kmeans", "exact")
             and config.metric == "cosine"
             and inmemory.fits_in_memory(spark, n, prep.dim, config)
         )
@@ -164,9 +166,9 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         n_full = None
         if in_memory:
             make_merged, n_full, driver_table = _kmeans_in_memory(spark, prep, config, report, kk)
-        elif config.method == "exact":
+        elif config.resolved_method == "exact":
             cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
-        elif config.method == "lsh":
+        elif config.resolved_method == "lsh":
             cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
         else:
             cands, max_rows, staged = _kmeans_candidates(spark, prep, config, report, kk)
@@ -174,7 +176,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             merged = _merge(spark, cands, max_rows, config, report)
             for df_ in staged:
                 df_.unpersist()
-            if config.method != "exact":
+            if config.resolved_method != "exact":
                 merged = _fill_short_items(spark, merged, prep, config, report, kk)
             with stage(spark, report, "check") as info:
                 n_full = merged.filter(F.col("rank") == kk).count()
@@ -182,7 +184,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             make_merged = functools.partial(_as_is, merged)
         report.counts["n_items_short_of_k"] = n - n_full
         report.counts["share_items_short_of_k"] = (n - n_full) / n if n else 0.0
-        if config.method != "exact" and config.recall_sample > 0 and not in_memory:
+        if config.resolved_method != "exact" and config.recall_sample > 0 and not in_memory:
             report.recall = _estimate_recall(spark, merged, prep, config, report, kk)
     return NeighborResult(
         make_table=lambda: _attach_ids(make_merged(), prep),
@@ -488,7 +490,7 @@ def prepare_on_driver(
     or any invalid row: :func:`prepare_input` names the problems, or
     sets the rows aside, exactly as for any other table.
     """
-    if config.metric != "cosine" or config.method not in ("kmeans", "exact"):
+    if config.metric != "cosine" or config.resolved_method not in ("kmeans", "exact"):
         return None
     if not _cheap_to_count(df):
         # Counting first would compute an expensive input (a join, an aggregate) twice; the
@@ -977,7 +979,7 @@ def _kmeans_in_memory(
     items have a full top-k, and the table held by the driver (``None`` for string ids the
     driver has not read).
     """
-    exact = config.method == "exact"
+    exact = config.resolved_method == "exact"
     if exact:
         # Exact = every cluster probed. The clusters still pay: each query's own cluster gives
         # a threshold that the other clusters' pairs are compared against, instead of a
@@ -989,7 +991,7 @@ def _kmeans_in_memory(
             info["rows"] = prep.n_items
     keys, vecs = prep.items
     centroids = _fit_centroids(spark, prep, config, report)
-    report.resolved.update(method=config.method, n_clusters=len(centroids))
+    report.resolved.update(method=config.resolved_method, n_clusters=len(centroids))
     tune = None
     if exact:
         n_probe = len(centroids)

@@ -10,7 +10,6 @@ interpreter the Python workers ran, so the test knows the archive (not the dev v
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -224,13 +223,29 @@ def test_airflow_dag_imports_and_renders_spark_submit_args():
     assert result["import_errors"] == {}
     assert result["dag_ids"] == ["knnspark_daily_neighbors"]
     cmd = result["spark_submit"]
-    # The job file, the archive, and the job's own flags with the run's date.
-    assert cmd[-len(result["application_args"]) - 1].endswith("jobs/all_items_knn.py")
-    assert "spark.archives=hdfs:///apps/knnspark/knnspark-env.tar.gz#environment" in cmd
-    job_args = result["application_args"]
-    assert job_args[job_args.index("--partition-date") + 1] == DATE
+    # The whole command, token by token: spark-submit's options, the job file, the job's flags.
+    app = cmd.index("/opt/knnspark/jobs/all_items_knn.py")
+    assert cmd[0] == "spark-submit" and result["application"] == cmd[app]
+    options = list(zip(cmd[1:app:2], cmd[2:app:2]))
+    assert len(options) * 2 == app - 1, cmd[:app]
+    flags = {flag: value for flag, value in options if flag != "--conf"}
+    assert flags == {"--master": "yarn", "--deploy-mode": "cluster", "--name": f"knnspark-{DATE}"}
+    conf = dict(value.split("=", 1) for flag, value in options if flag == "--conf")
+    python = "./environment/bin/python"
+    assert conf == {
+        "spark.archives": "hdfs:///apps/knnspark/knnspark-env.tar.gz#environment",
+        "spark.yarn.appMasterEnv.PYSPARK_PYTHON": python,
+        "spark.executorEnv.PYSPARK_PYTHON": python,
+        "spark.sql.shuffle.partitions": "400",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
+        "spark.executor.pyspark.memory": "2g",
+    }
+    job_args = cmd[app + 1 :]
+    assert job_args == result["application_args"] == [
+        "--input", "s3a://bucket/embeddings/", "--output", "s3a://bucket/neighbors/",
+        "--k", "10", "--partition-date", DATE, "--mode", "overwrite", "--table", "",
+    ]  # fmt: skip
     parsed = build_parser().parse_args(["run", *job_args])
     job, config = resolve_run_args(parsed)
-    assert job["partition_date"] == DATE and job["mode"] == "overwrite"
+    assert job["partition_date"] == DATE and job["mode"] == "overwrite" and config.k == 10
     assert result["retries"] >= 1 and result["execution_timeout_s"] > 0
-    assert shlex.join(cmd)  # a plain, printable command line

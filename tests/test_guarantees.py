@@ -132,9 +132,10 @@ def _executor_pids():
     return sorted(pids)
 
 
-def test_executor_killed_mid_job_gives_same_table_or_no_table(spark, dup_heavy, tmp_path):
+def test_executor_killed_mid_job_gives_the_same_table(spark, dup_heavy, tmp_path):
     """An executor JVM is SIGKILLed during the bucket top-k stage of a local-cluster run of the
-    shuffle plan (the plan of tables too big for one worker, where executor loss is likeliest).
+    shuffle plan (the plan of tables too big for one worker, where executor loss is likeliest):
+    Spark reruns the lost tasks elsewhere and the job publishes the identical table.
     """
     import signal
     import time
@@ -166,11 +167,7 @@ def test_executor_killed_mid_job_gives_same_table_or_no_table(spark, dup_heavy, 
             time.sleep(0.2)
         proc.wait(timeout=max(1, deadline - time.time()))
     text = log_path.read_text()
-    if killed is None:
-        pytest.skip(
-            "no executor process found to kill (local-cluster unavailable?)\n" + text[-2000:]
-        )
-    if proc.returncode == 0:
-        assert _parquet_rows(out) == reference
-    else:
-        assert not out.exists(), "a failed job must leave no partial table"
+    # The event must have happened: a run whose executor could not be found proves nothing.
+    assert killed is not None, "no executor process found to kill\n" + text[-3000:]
+    assert proc.returncode == 0, f"the job did not survive the lost executor\n{text[-3000:]}"
+    assert _parquet_rows(out) == reference

@@ -131,7 +131,10 @@ def test_jaccard_needs_token_arrays_and_a_set_method(spark, clustered):
         compute_neighbors(
             to_df(spark, keys[:10], x[:10]), KnnConfig(metric="jaccard", method="exact")
         )
+    # The method follows the metric unless given; k-means on sets stays a clear error.
+    assert KnnConfig(metric="jaccard").resolved_method == "lsh"
+    assert KnnConfig().resolved_method == "kmeans"
     with pytest.raises(ConfigError, match="--method lsh"):
-        KnnConfig(metric="jaccard")
+        KnnConfig(metric="jaccard", method="kmeans")
     with pytest.raises(ConfigError, match="n_perm"):
         KnnConfig(metric="jaccard", method="lsh", n_tables=20, n_bits=10)

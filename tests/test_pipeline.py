@@ -459,9 +459,24 @@ def test_worker_warm_up_runs_one_task_per_core_in_the_background(spark):
     assert thread.daemon
     thread.join(120)
     assert not thread.is_alive()
+    assert thread.error is None, f"the warm-up raised: {thread.error!r}"
     n = spark.sparkContext.defaultParallelism
     pids = spark.range(n, numPartitions=n).mapInArrow(udfs.warm_up_batches, "pid long").collect()
     assert len(pids) == n and all(r.pid > 0 for r in pids)
+
+
+def test_worker_warm_up_keeps_what_it_raised(spark, monkeypatch):
+    from knnspark import inmemory, udfs
+
+    def broken(batches):
+        raise RuntimeError("no Python worker for you")
+        yield  # a generator, as mapInArrow wants
+
+    monkeypatch.setattr(udfs, "warm_up_batches", broken)
+    thread = inmemory.start_workers(spark)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert "no Python worker for you" in str(thread.error)
 
 
 def test_where_the_in_memory_plan_searches(spark):
