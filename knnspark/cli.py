@@ -114,6 +114,17 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "in one thread per core, without starting Python workers (default: every table in "
         "local mode, 20000 on a cluster; 0 = always in the workers)",
     )
+    p.add_argument(
+        "--cell-max-mb",
+        type=float,
+        help="most MB of float32 vectors one cell (one Spark task) holds; larger tables are cut "
+        "into cells (default: a quarter of a task's spark.executor.pyspark.memory, else 512)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        help="cells each item is a member of, its nearest ones (default 2)",
+    )
     p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
     p.add_argument(
         "--target-bucket-size", type=int, help="items per bucket for automatic n_clusters"

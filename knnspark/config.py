@@ -117,6 +117,19 @@ class KnnConfig:
         0 always shuffles. The plan also stays within a quarter of ``spark.driver.memory`` and,
         when set, a third of ``spark.executor.pyspark.memory`` (the driver and each Python
         worker hold the vectors); the manifest's ``resolved.plan`` says which plan ran.
+    cell_max_mb : float or None
+        Tables larger than one process are cut into *cells* by a coarse spherical k-means, and
+        each cell is searched by one Spark task with the single-node search (fine k-means,
+        probes, refinement rounds). A cell holds at most this many MB of float32 unit vectors;
+        a cell the k-means sample predicts larger is cut into hash parts. ``None``: a quarter
+        of one task's Python memory when ``spark.executor.pyspark.memory`` is set (Spark
+        divides it among the executor's concurrent tasks), else 512 MB (about 350k x 384).
+        A task holds the cell about three times over (Arrow rows, the float32 matrix, the
+        gathers of its blocks) plus the graph.
+    overlap : int
+        Cells each item is a member of (its nearest ones); the item's lists from each are
+        merged. 1 is a plain partition: items near a cell's border then lose the neighbours
+        across it.
     driver_search_max_items : int or None
         In the in-memory plan, tables of up to this many items are searched by the driver
         itself, with the same functions and blocks as the Python workers (so the same table),
@@ -164,6 +177,8 @@ class KnnConfig:
     n_refine: int | None = None
     refine_fanout: int | None = None
     broadcast_max_mb: int = 512
+    cell_max_mb: float | None = None
+    overlap: int = 2
     driver_search_max_items: int | None = None
     on_invalid: str = "error"
     recall_sample: int = 1000
@@ -272,6 +287,14 @@ def _open_unit(v: Any) -> str | None:
     return None
 
 
+def _positive_or_unset(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        return "must be a positive number, or unset"
+    return None
+
+
 def _column_name(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "must be a non-empty column name"
 
@@ -304,6 +327,8 @@ _CONSTRAINTS = {
     "n_refine": _int_range(0, 20, optional=True),
     "refine_fanout": _int_range(1, optional=True),
     "broadcast_max_mb": _int_range(0),
+    "cell_max_mb": _positive_or_unset,
+    "overlap": _int_range(1, 8),
     "driver_search_max_items": _int_range(0, optional=True),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),

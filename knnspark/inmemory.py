@@ -1,51 +1,31 @@
-"""The k-means search when the unit vectors fit a Python worker's memory (``broadcast_max_mb``).
+"""The one-cell case on the driver: a table whose unit vectors fit one process, searched there.
 
-The shuffle plan (:mod:`knnspark.pipeline`) ships every query vector to each of its ``n_probe``
-buckets and merges the candidate lists in a second shuffle: right when the table is larger than
-a worker, but at 100k x 384 most of its time is spent moving vectors, not multiplying them. Like
-Spark SQL's broadcast join, this plan broadcasts the small side, here the whole vector matrix
-(clustered, in key order), and moves only results:
+In local mode (and on a cluster, for tables of up to 20,000 items; :func:`search_on_driver`)
+the driver holds every unit vector and runs the single-node search of :mod:`knnspark.search`
+itself, in one thread per core, without starting Python workers: its machine is where the tasks
+would run anyway. Every other table is searched in cells (:mod:`knnspark.cells`), one Spark
+task a cell, by the same function; a table that fits one cell gives the same table either way.
 
-1. ``search``: each task takes a block of items (runs of one cluster, so a block's queries
-   share their probed clusters) and finds their top-k among the members of their ``n_probe``
-   nearest clusters (:func:`knnspark.graph.probed_topk`).
-2. ``refine-1..n``: each round, every item re-scores its neighbours' neighbours and the items
-   that list it (:func:`knnspark.graph.refine_topk`). On real embeddings this lifts recall far
-   more cheaply than more probes: one round costs about as much as three probes.
-3. ``emit``: the final graph becomes the ``key, nbr, rank, score`` table; or, since the driver
-   holds the graph, :class:`DriverTable` gives the same rows to a writer on the driver.
-
-In local mode (and on a cluster, for tables of up to 20,000 items) the driver searches
-itself (:func:`search_on_driver`): the same block functions over the same blocks, in one
-thread per core, without starting the Python workers or broadcasting the vectors.
-
-Blocks depend on the data alone (cluster order, a fixed block size), never on Spark's
-partitioning, so the table is the same whatever the cluster. With ``target_recall``, a sample's
-exact top-k (computed once) is checked after every step and the plan adds refinement rounds,
-then probes, until the sample's lower 95% bound reaches the target.
+The driver then holds the graph: :class:`DriverTable` gives its rows to a writer on the driver
+(pyarrow, for a local output), and :func:`emit` makes it a Spark table for any other output.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from threadpoolctl import threadpool_limits
 
-from knnspark import graph, kernel, udfs
+from knnspark import sampling, search, udfs
 from knnspark.config import KnnConfig
-from knnspark.kmeans import nearest_centroids, probe_recall_curve
-from knnspark.metrics import recall_per_item
 from knnspark.progress import RunReport, stage
-from knnspark.session import is_local_master, local_cores
+from knnspark.session import is_local_master, local_cores, memory_mb
 
 __all__ = [
     "DriverTable",
@@ -54,50 +34,25 @@ __all__ = [
     "fits_in_memory",
     "search_in_memory",
     "search_on_driver",
-    "start_workers",
-    "tune_start",
 ]
 
 log = logging.getLogger("knnspark")
 
-#: Queries per task. Fixed (not derived from Spark's parallelism) so blocks, and with them
-#: every float32 product, are the same on any cluster. A block's queries spread their probes
-#: over most clusters, so a larger block means more rows per product and fewer member
-#: gathers per query: one core, n_probe 6 on the word set, 32,768 queries took 3.6-3.7 s in
-#: 8,192-row blocks against 4.1-4.6 s in 4,096-row ones.
-BLOCK_ROWS = 8192
 #: Most items per task of the emit stage (the table's file count follows).
 EMIT_TASK_ROWS = 250_000
-#: Most refinement rounds a target-recall run adds after one probe pass before it probes more.
-_MAX_ROUNDS_PER_PASS = 3
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
 
 
 def memory_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
-    """The largest vector table (MB) the in-memory plan takes, and what sets that limit.
-
-    Besides ``broadcast_max_mb``: the driver holds the vectors (its JVM the Arrow copy of the
-    collect, then the Python side), so a quarter of ``spark.driver.memory``; a Python worker
-    holds them plus the broadcast's serialised copy while loading and its blocks' work, so a
-    third of ``spark.executor.pyspark.memory`` when that cap is set.
-    """
+    """The largest vector table (MB) the driver searches as one cell, and what sets that limit:
+    ``broadcast_max_mb``, and a quarter of ``spark.driver.memory`` (the driver holds the
+    vectors: its JVM the Arrow copy of the read, then the Python side and the graph)."""
     conf = spark.sparkContext.getConf()
-    limits = [(float(config.broadcast_max_mb), "broadcast_max_mb")]
-    driver = _mb(conf.get("spark.driver.memory", "1g"))
-    limits.append((driver / 4, "spark.driver.memory / 4"))
-    worker = conf.get("spark.executor.pyspark.memory", None)
-    if worker:
-        limits.append((_mb(worker) / 3, "spark.executor.pyspark.memory / 3"))
-    return min(limits)
-
-
-def _mb(size: str) -> float:
-    """A JVM memory string (``512m``, ``4g``, plain bytes) in MB."""
-    s = size.strip().lower().rstrip("b")
-    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}
-    if s and s[-1] in units:
-        return float(s[:-1]) * units[s[-1]]
-    return float(s) / 2**20
+    driver = memory_mb(conf.get("spark.driver.memory", "1g"))
+    return min(
+        (float(config.broadcast_max_mb), "broadcast_max_mb"),
+        (driver / 4, "spark.driver.memory / 4"),
+    )
 
 
 def fits_in_memory(spark: SparkSession, n_items: int, dim: int, config: KnnConfig) -> bool:
@@ -107,7 +62,7 @@ def fits_in_memory(spark: SparkSession, n_items: int, dim: int, config: KnnConfi
     if need <= budget:
         return True
     log.info(
-        "shuffle plan: %d x %d vectors (%.0f MB) exceed the in-memory budget of %.0f MB (%s)",
+        "cells: %d x %d vectors (%.0f MB) exceed the driver's one-cell budget of %.0f MB (%s)",
         n_items,
         dim,
         need,
@@ -115,40 +70,6 @@ def fits_in_memory(spark: SparkSession, n_items: int, dim: int, config: KnnConfi
         reason,
     )
     return False
-
-
-class WarmUp(threading.Thread):
-    """The background job of :func:`start_workers`; ``error`` holds what it raised, if it did."""
-
-    def __init__(self, spark: SparkSession) -> None:
-        super().__init__(name="knnspark-warm-up", daemon=True)
-        self.spark = spark
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        n = self.spark.sparkContext.defaultParallelism
-        try:
-            self.spark.sparkContext.setJobDescription("knnspark: start the Python workers")
-            self.spark.range(n, numPartitions=n).mapInArrow(
-                udfs.warm_up_batches, "pid long"
-            ).collect()
-        except Exception as exc:  # noqa: BLE001 - e.g. the session stopped meanwhile
-            self.error = exc
-            log.info("worker warm-up failed (the search starts them instead): %s", exc)
-
-
-def start_workers(spark: SparkSession) -> WarmUp:
-    """Start the Python workers in the background while the driver works (reads, k-means).
-
-    A local session's first Python job pays the start of Spark's Python daemon and workers
-    and their imports (3-5 s on a 2-core machine, against 0.2 s for the same job warm); the
-    driver-read path has no other job to pay it before the search. One task per core; workers
-    are reused by the later jobs. Best effort: a failure only costs that time back, and is kept
-    in the returned thread's ``error``.
-    """
-    thread = WarmUp(spark)
-    thread.start()
-    return thread
 
 
 #: Largest table a cluster's driver searches itself when ``driver_search_max_items`` is unset.
@@ -184,114 +105,17 @@ def driver_threads(spark: SparkSession) -> int:
     return max(1, int(spark.sparkContext.getConf().get("spark.driver.cores", "1")))
 
 
-def _run_blocks(
-    fn: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
-    n_blocks: int,
-    n_threads: int,
-    progress: dict[str, Any],
-) -> pa.Table:
-    """``fn`` over blocks ``0 .. n_blocks - 1`` in a pool of driver threads, as Spark's tasks
-    would run it (one block id per input batch); the output batches in block order.
-
-    numpy releases the GIL in the products, sorts and gathers, so two threads search about
-    twice as fast as one (100k x 384: 7.3 s against 14.6 s), provided each thread's BLAS is
-    single-threaded, as in a Python worker: two threads each calling a two-thread BLAS took as
-    long as one. The BLAS limit holds for the pool's lifetime only (k-means and the recall
-    sample keep every core).
-    """
-
-    def one(block: int) -> list[pa.RecordBatch]:
-        return list(fn(iter([pa.record_batch({"id": pa.array([block], pa.int64())})])))
-
-    batches: list[pa.RecordBatch] = []
-    progress["progress"] = f"0/{n_blocks} blocks"
-    with (
-        threadpool_limits(1, user_api="blas"),
-        ThreadPoolExecutor(n_threads, thread_name_prefix="knnspark-block") as pool,
-    ):
-        for done, out in enumerate(pool.map(one, range(n_blocks)), start=1):
-            batches.extend(out)
-            progress["progress"] = f"{done}/{n_blocks} blocks"
-    return pa.Table.from_batches(batches, schema=udfs.GRAPH_ARROW_SCHEMA)
-
-
-class _Held:
-    """A value the driver keeps for itself, read like a broadcast (``.value``)."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def unpersist(self) -> None:
-        pass
-
-
-class _Index:
-    """The driver's side: vectors in key order, their clusters, and the broadcast copy (or, on
-    the driver, the same dictionary held)."""
-
-    def __init__(
-        self, spark: SparkSession, keys: np.ndarray, vecs: np.ndarray, centroids, on_driver: bool
-    ):
-        n = len(keys)
-        self.block_rows = BLOCK_ROWS
-        self.n_threads = driver_threads(spark) if on_driver else 0
-        home = nearest_centroids(vecs, centroids, 1)[:, 0]
-        self.keys, self.vecs, self.home = keys, vecs, home
-        self.on_driver = on_driver
-        self.cluster_rows = np.lexsort((np.arange(n), home)).astype(np.int64)
-        self.offsets = np.searchsorted(home[self.cluster_rows], np.arange(len(centroids) + 1))
-        self.n_blocks = max(1, math.ceil(n / self.block_rows))
-        self.bc = self.share(
-            spark,
-            {
-                "vecs": vecs,
-                "home": home,
-                "cluster_rows": self.cluster_rows,
-                "offsets": self.offsets,
-                "centroids": centroids,
-            },
-        )
-
-    def share(self, spark: SparkSession, value: object) -> Any:
-        """``value`` where the blocks run: a broadcast, or held on the driver."""
-        return _Held(value) if self.on_driver else spark.sparkContext.broadcast(value)
-
-    def run(
-        self, spark: SparkSession, fn, k: int, progress: dict[str, Any]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Run ``fn`` over every block; the resulting graph as (n, k) positions and scores.
-        On the driver, ``progress["progress"]`` says how many blocks are done (the stage's
-        heartbeat logs it)."""
-        n = len(self.keys)
-        if self.on_driver:
-            tbl = _run_blocks(fn, self.n_blocks, self.n_threads, progress)
-        else:
-            tbl = (
-                spark.range(self.n_blocks, numPartitions=self.n_blocks)
-                .mapInArrow(fn, udfs.GRAPH_SCHEMA)
-                .toArrow()
-            )
-        pos = np.full((n, k), -1, dtype=np.int64)
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
-        row = tbl.column("row").to_numpy()
-        col = tbl.column("rank").to_numpy() - 1
-        pos[row, col] = tbl.column("nbr").to_numpy()
-        scores[row, col] = tbl.column("score").to_numpy()
-        return pos, scores
-
-
 def search_in_memory(
     spark: SparkSession,
     keys: np.ndarray,
     vecs: np.ndarray,
-    centroids: np.ndarray,
-    n_probe: int,
-    config: KnnConfig,
+    params: search.CellSearch,
     report: RunReport,
-    kk: int,
-    tune: tuple[np.ndarray, np.ndarray] | None = None,
+    target_recall: float | None = None,
+    tune_sample: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every item's top-``kk``: positions (n, kk) in ``keys`` (``-1`` padding) and scores.
+    """Every item's top-k, searched by the driver as one cell (:mod:`knnspark.search`) in
+    :func:`driver_threads` threads: positions (n, k) in ``keys`` (``-1`` padding) and scores.
 
     Parameters
     ----------
@@ -299,135 +123,80 @@ def search_in_memory(
         Item keys, ascending.
     vecs : ndarray of shape (n, d), float32
         Their unit vectors.
-    centroids : ndarray of shape (n_clusters, d)
-    n_probe : int
-        Clusters each item probes (the start value with ``tune``).
-    tune : (rows, exact_scores), optional
-        With ``config.target_recall``: positions of a sample and its exact top-k scores, shape
-        (n_sample, kk); the plan adds rounds and probes until the sample's recall reaches the
-        target.
+    params : CellSearch
+    target_recall : float, optional
+        Tune the steps on a seeded sample's exact top-k (:func:`knnspark.search.tune_cell`).
     """
+    n_threads = driver_threads(spark)
     with stage(spark, report, "index") as info:
-        index = _Index(spark, keys, vecs, centroids, search_on_driver(spark, len(keys), config))
+        index = search.CellIndex(keys, vecs, params, n_threads)
         info["rows"] = len(keys)
-    n_clusters = len(centroids)
-    steps: list[dict] = []
 
-    def search(p: int) -> tuple[np.ndarray, np.ndarray]:
-        with stage(spark, report, f"search-p{p}") as info:
-            bc, block_rows = index.bc, index.block_rows
+    def progress(info: dict[str, Any]):
+        def update(done: int, total: int) -> None:
+            info["progress"] = f"{done}/{total} blocks"
 
-            def fn(batches):  # closes over the broadcast, read on the executor
-                return udfs.probe_block_batches(
-                    batches, bc.value, p, kk, block_rows, config.block_bytes
-                )
+        return update
 
-            out = index.run(spark, fn, kk, info)
-            info["rows"] = int((out[0] >= 0).sum())
-        return out
-
-    last_input: list[np.ndarray | None] = [None]  # the graph the last round started from
-    fanout = min(kk, config.refine_fanout or kk)  # best neighbours whose lists a round scores
-
-    def refine(pos: np.ndarray, scores: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-        with stage(spark, report, f"refine-{r}") as info:
-            # Pairs the last round already scored are skipped (see graph.refine_topk).
-            fresh, fresh_top = graph.round_flags(pos, last_input[0], fanout)
-            last_input[0] = pos
-            reverse = graph.reverse_lists(pos, scores, kk)
-            gbc = index.share(spark, (pos, scores, reverse, fresh, fresh_top))
-            bc, block_rows = index.bc, index.block_rows
-
-            def fn(batches):
-                return udfs.refine_block_batches(
-                    batches, bc.value, gbc.value, kk, block_rows, fanout
-                )
-
-            new_pos, new_scores = index.run(spark, fn, kk, info)
-            gbc.unpersist()
-            changed = float(np.mean(new_pos != pos))
-            info["rows"] = int((new_pos >= 0).sum())
-        log.info("refine round %d: %.2f%% of neighbour entries changed", r, 100 * changed)
-        steps[-1]["changed"] = round(changed, 6)
-        return new_pos, new_scores
-
-    def sample_recall(scores: np.ndarray) -> tuple[float, float]:
-        rows, exact = tune
-        per_item = recall_per_item(scores[rows], exact)
-        mean = float(per_item.mean())
-        low = mean - 1.96 * float(per_item.std()) / math.sqrt(max(len(per_item), 1))
-        steps[-1].update(sample_recall=round(mean, 4), sample_recall_ci95_low=round(low, 4))
-        return mean, low
-
-    pos, scores = search(n_probe)
-    steps.append({"step": "search", "n_probe": n_probe})
-    rounds = 0
-    # Probing every cluster scores every pair: the graph is exact, and a round cannot change it
-    # (small tables: 10k items make 10 clusters, which the default n_probe of 10 covers).
-    n_refine = config.resolve_n_refine()
-    if n_probe >= n_clusters and n_refine:
-        log.info(
-            "n_probe %d covers all %d clusters: the search is exact, no rounds", n_probe, n_clusters
-        )
-        n_refine = 0
-    if tune is None:
-        for r in range(1, n_refine + 1):
-            steps.append({"step": "refine", "round": r})
-            pos, scores = refine(pos, scores, r)
-            rounds = r
+    steps: list[dict[str, Any]] = []
+    if target_recall is None:
+        pos = scores = None
+        recipe = params.resolve_recipe(index.n_clusters)
+        if recipe[0][1] >= index.n_clusters and params.n_refine and not params.exact:
+            log.info("n_probe %d covers all %d clusters: the search is exact, no rounds",
+                     recipe[0][1], index.n_clusters)  # fmt: skip
+        for step in recipe:
+            name = f"search-p{step[1]}" if step[0] == "probe" else f"refine-{step[1]}"
+            with stage(spark, report, name) as info:
+                index.progress = progress(info)
+                pos, scores, record = search.run_step(index, step, pos, scores)
+                info["rows"] = int((pos >= 0).sum())
+            if step[0] == "refine":
+                log.info("refine round %d: %.2f%% of neighbour entries changed",
+                         step[1], 100 * record["changed"])  # fmt: skip
+            steps.append(record)
     else:
-        target = config.target_recall
-        mean, low = sample_recall(scores)
-        in_pass, gain = 0, 1.0
-        while low < target:
-            # Refine while a round still closes a good part of the remaining gap; then probe
-            # twice as many clusters (merged into the graph) and refine again.
-            if in_pass < _MAX_ROUNDS_PER_PASS and gain >= 0.25 * (1 - mean):
-                rounds += 1
-                in_pass += 1
-                steps.append({"step": "refine", "round": rounds})
-                pos, scores = refine(pos, scores, rounds)
-                before = mean
-                mean, low = sample_recall(scores)
-                gain = mean - before
-            elif n_probe < n_clusters:
-                n_probe = min(n_clusters, 2 * n_probe)
-                steps.append({"step": "search", "n_probe": n_probe})
-                new_pos, new_scores = search(n_probe)
-                pos, scores = graph.merge_graphs(pos, scores, new_pos, new_scores)
-                mean, low = sample_recall(scores)
-                in_pass, gain = 0, 1.0
-            else:
-                break
+        with stage(spark, report, "tune") as info:
+            rows = sampling.hash_sample_rows(keys, params.seed + 3, tune_sample)
+            n_probe, rows, exact = search.tune_start(index, rows, target_recall, params.block_bytes)
+            info["rows"] = len(rows)
+        with stage(spark, report, "search-tuned") as info:
+            index.progress = progress(info)
+            pos, scores, tuned = search.tune_cell(
+                index, rows, exact, target_recall, n_probe,
+                on_step=lambda step: log.info("target recall: %s", step),
+            )  # fmt: skip
+            info["rows"] = int((pos >= 0).sum())
+        steps = tuned["steps"]
         log.info(
             "target recall %.3f: n_probe %d, %d refinement rounds, sample recall %.4f "
             "(lower 95%% bound %.4f)",
-            target,
-            n_probe,
-            rounds,
-            mean,
-            low,
-        )
+            target_recall, tuned["n_probe"], tuned["n_refine"], tuned["recall"],
+            tuned["ci95_low"],
+        )  # fmt: skip
         report.resolved.update(
-            target_recall=target,
-            tuned_recall_estimate=round(mean, 4),
-            tuned_recall_ci95_low=round(low, 4),
-            tune_sample=int(len(tune[0])),
+            target_recall=target_recall,
+            tuned_recall_estimate=tuned["recall"],
+            tuned_recall_ci95_low=tuned["ci95_low"],
+            tune_sample=int(len(rows)),
         )
-    index.bc.unpersist()
+    sizes = index.cluster_sizes()
+    probes = [s["n_probe"] for s in steps if s["step"] == "search"]
     report.resolved.update(
         plan="in-memory",
-        search_on="driver" if index.on_driver else "workers",
-        driver_threads=index.n_threads,
-        n_probe=n_probe,
-        n_refine=rounds,
-        refine_fanout=fanout,
-        n_blocks=index.n_blocks,
-        block_rows=index.block_rows,
+        search_on="driver",
+        driver_threads=n_threads,
+        n_clusters=index.n_clusters,
+        kmeans_sample_rows=index.n_sample,
+        n_probe=max(probes),
+        n_refine=sum(s["step"] == "refine" for s in steps),
+        refine_fanout=min(index.k, params.refine_fanout or index.k),
+        n_blocks=len(index.blocks),
+        block_rows=search.BLOCK_ROWS,
         steps=steps,
-        cluster_members_min=int(np.diff(index.offsets).min()),
-        cluster_members_median=float(np.median(np.diff(index.offsets))),
-        cluster_members_max=int(np.diff(index.offsets).max()),
+        cluster_members_min=int(sizes.min()),
+        cluster_members_median=float(np.median(sizes)),
+        cluster_members_max=int(sizes.max()),
     )
     return pos, scores
 
@@ -537,42 +306,3 @@ class DriverTable:
         return pa.RecordBatch.from_arrays(
             [item, neighbor, batch.column(2), batch.column(3)], schema=self.schema
         )
-
-
-def tune_start(
-    keys: np.ndarray,
-    vecs: np.ndarray,
-    sample_keys: np.ndarray,
-    centroids: np.ndarray,
-    config: KnnConfig,
-    kk: int,
-) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
-    """Exact top-k of the tuning sample and the n_probe a target-recall run starts from.
-
-    The exact search runs on the driver, which holds every vector in this plan anyway.
-
-    Returns
-    -------
-    n_probe : int
-    tune : (rows, exact_scores)
-        Sample positions (items with a full top-k) and their exact top-k scores, shape
-        (n_sample, kk), for :func:`search_in_memory`.
-    """
-    rows = np.searchsorted(keys, sample_keys)
-    nbr, exact = kernel.topk_cosine(vecs[rows], keys[rows], vecs, keys, kk)
-    full = np.all(nbr >= 0, axis=1)
-    rows, nbr, exact = rows[full], nbr[full], exact[full]
-    curve = probe_recall_curve(
-        vecs[rows], vecs[np.searchsorted(keys, nbr)], centroids, reverse=False
-    )
-    # Refinement closes most of the gap left by probing: on the word embeddings, two rounds
-    # leave about 0.55-0.8 x the square of probing's miss rate (0.34 -> 0.09, 0.18 -> 0.019,
-    # 0.10 -> 0.006, README "Performance"). So start where probing alone misses the square
-    # root of what the target allows (0.78 for 0.95, 0.86 for 0.98, 0.68 for 0.90): two rounds
-    # then land a little above the target, which the sample's lower bound needs. The measured
-    # sample recall decides what else is needed. (Starting too low costs far more than a few
-    # extra probes: rounds on a poor graph gain little, and the plan then probes twice as many
-    # clusters and refines again.)
-    start_at = max(0.5, 1 - math.sqrt(1 - config.target_recall))
-    n_probe = int(np.argmax(curve >= start_at)) + 1 if np.any(curve >= start_at) else len(curve)
-    return n_probe, (rows, exact)

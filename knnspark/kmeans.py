@@ -39,6 +39,15 @@ def _cluster_sums(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndar
     return sums
 
 
+#: Memory of one score chunk of :func:`fit_spherical_kmeans` (float32 rows x centroids).
+ASSIGN_BYTES = 64 * 1024 * 1024
+
+
+def _assign_rows(n_clusters: int) -> int:
+    """Rows of one k-means score chunk against ``n_clusters`` centroids."""
+    return max(1, ASSIGN_BYTES // (4 * max(n_clusters, 1)))
+
+
 def fit_spherical_kmeans(
     x: np.ndarray,
     n_clusters: int,
@@ -74,10 +83,16 @@ def fit_spherical_kmeans(
     rng = np.random.default_rng(seed)
     centroids = x[np.sort(rng.choice(n, size=n_clusters, replace=False))].copy()
     previous = -np.inf
+    step = _assign_rows(n_clusters)
+    labels = np.empty(n, dtype=np.int64)
+    best = np.empty(n, dtype=np.float32)
     for it in range(n_iter):
-        sims = x @ centroids.T
-        labels = np.argmax(sims, axis=1)
-        best = sims[np.arange(n), labels]
+        # In row chunks sized by bytes: a 200k-row sample against 100k centroids would be an
+        # 80 GB score matrix in one piece. Each row's label is its own, so chunks change nothing.
+        for s in range(0, n, step):
+            sims = x[s : s + step] @ centroids.T
+            labels[s : s + step] = np.argmax(sims, axis=1)
+            best[s : s + step] = sims[np.arange(len(sims)), labels[s : s + step]]
         objective = float(best.mean())
         sums = _cluster_sums(x, labels, n_clusters)
         counts = np.bincount(labels, minlength=n_clusters)

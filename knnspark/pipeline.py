@@ -24,12 +24,11 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_type
 from pyspark.sql.window import Window
 
-from knnspark import inmemory, io, kernel, sampling, udfs
+from knnspark import cells, inmemory, io, kernel, sampling, udfs
 from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
 from knnspark.jaccard import Sets, jaccard_scores
-from knnspark.kmeans import fit_spherical_kmeans, probe_recall_curve
 from knnspark.lsh import (
     hyperplane_collision,
     jaccard_collision,
@@ -157,23 +156,34 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     if kk == 0:
         make_merged = functools.partial(spark.createDataFrame, [], _MERGED_SCHEMA)
     else:
+        # One cell on the driver when it holds the vectors anyway (local mode, small tables);
+        # every other k-means table is searched in cells, one Spark task a cell.
         in_memory = prep.items is not None or (
             config.resolved_method in ("kmeans", "exact")
             and config.metric == "cosine"
             and inmemory.fits_in_memory(spark, n, prep.dim, config)
+            and inmemory.search_on_driver(spark, n, config)
         )
-        report.resolved["plan"] = "in-memory" if in_memory else "shuffle"
         n_full = None
+        after_merge = None
         if in_memory:
+            report.resolved["plan"] = "in-memory"
             make_merged, n_full, driver_table = _kmeans_in_memory(spark, prep, config, report, kk)
         elif config.resolved_method == "exact":
+            report.resolved["plan"] = "shuffle"
             cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
         elif config.resolved_method == "lsh":
+            report.resolved["plan"] = "shuffle"
             cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
         else:
-            cands, max_rows, staged = _kmeans_candidates(spark, prep, config, report, kk)
+            cands, max_rows, after_merge = cells.cell_candidates(
+                spark, prep.data, n, prep.dim, config, report, kk
+            )
+            staged = []
         if not in_memory:
             merged = _merge(spark, cands, max_rows, config, report)
+            if after_merge is not None:
+                after_merge()
             for df_ in staged:
                 df_.unpersist()
             if config.resolved_method != "exact":
@@ -473,17 +483,17 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
 def prepare_on_driver(
     df: DataFrame, config: KnnConfig, report: RunReport | None = None
 ) -> Prepared | None:
-    """Validate and normalise a cosine table the in-memory plan will take, straight to the driver.
+    """Validate and normalise a cosine table the driver will search, straight to the driver.
 
-    The in-memory plan collects every unit vector to the driver anyway. When the table's row
-    count (a cheap metadata job for files) and first vector length say it fits the plan's
-    budget, one Spark job validates and normalises the rows in the Python workers and brings
-    them to the driver, which checks ids, statuses and lengths in numpy: no cached copy, no
-    aggregation and duplicate-id jobs, no collect (at 100k x 384: 4 s of a 46 s run). Local
+    The driver's one-cell search holds every unit vector there anyway. When the table's row
+    count (a cheap metadata job for files) and first vector length say it fits the driver's
+    budget and the driver searches it (:func:`inmemory.search_on_driver`), one Spark job
+    validates and normalises the rows in the Python workers and brings them to the driver,
+    which checks ids, statuses and lengths in numpy: no cached copy, no aggregation and
+    duplicate-id jobs, no collect (at 100k x 384: 4 s of a 46 s run). Local
     Parquet files (a plain scan, see :func:`io.local_parquet_files`) skip that job too: pyarrow
-    reads them on the driver, which runs the same validation function, while a background job
-    starts the Python workers when they will search (:func:`inmemory.start_workers`; not when
-    the driver searches, :func:`inmemory.search_on_driver`).
+    reads them on the driver, which runs the same validation function (no Python worker
+    starts at all).
 
     Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, an
     input that is more than a scan (a join would be computed twice), a table beyond the budget,
@@ -513,12 +523,15 @@ def prepare_on_driver(
             n_rows = df.count()
             first = df.select(F.size(vec)).limit(1).collect()
             dim = int(first[0][0]) if first and first[0][0] is not None else 0
-        if n_rows < 2 or dim < 1 or not inmemory.fits_in_memory(spark, n_rows, dim, config):
+        if (
+            n_rows < 2
+            or dim < 1
+            or not inmemory.fits_in_memory(spark, n_rows, dim, config)
+            or not inmemory.search_on_driver(spark, n_rows, config)
+        ):
             return None
         tbl = None
         if shape is not None:
-            if not inmemory.search_on_driver(spark, n_rows, config):
-                inmemory.start_workers(spark)
             tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
         report.resolved["input_read"] = "pyarrow" if tbl is not None else "spark"
         if tbl is None:
@@ -883,96 +896,10 @@ def _lsh_candidates(
     return cands, max_rows, [coded]
 
 
-def _tune_n_probe(
-    spark: SparkSession,
-    prep: Prepared,
-    config: KnnConfig,
-    report: RunReport,
-    centroids: np.ndarray,
-    kk: int,
-) -> int:
-    """Smallest n_probe whose estimated recall@k reaches ``config.target_recall``.
-
-    The exact top-k of a seeded sample (its own seed, so the recall report stays an independent
-    check) is computed by one scan; then :func:`probe_recall_curve` counts, for every n_probe at
-    once, the true pairs the buckets would find.
-    """
-    with stage(spark, report, "tune") as info:
-        keys, vecs = _hash_sample(prep, config.seed + 3, config.tune_sample)
-        nbr, _ = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
-        want = np.unique(nbr[nbr >= 0])
-        key_df = spark.createDataFrame(pa.table({"key": want}), "key long")
-        nkeys, nvecs = _collect_items(prep.data.join(F.broadcast(key_df), on="key"), prep)
-        full = np.all(nbr >= 0, axis=1)
-        pos = np.searchsorted(nkeys, nbr[full])
-        per_item = probe_recall_curve(
-            vecs[full], nvecs[pos], centroids, reverse=config.reverse_candidates, per_item=True
-        )
-        curve = per_item.mean(axis=0)
-        # Aim the lower end of a 95% interval at the target, not the point estimate: a user who
-        # asks for 0.95 should not get 0.94 because of which items happened to be sampled.
-        se = per_item.std(axis=0) / math.sqrt(max(len(per_item), 1))
-        low = curve - 1.96 * se
-        n_probe = min(int(np.argmax(low >= config.target_recall)) + 1, len(centroids))
-        if not np.any(low >= config.target_recall):
-            n_probe = len(centroids)
-        info["rows"] = len(keys)
-    estimate = float(curve[n_probe - 1])
-    report.resolved.update(
-        target_recall=config.target_recall,
-        tuned_recall_estimate=round(estimate, 4),
-        tuned_recall_ci95_low=round(float(low[n_probe - 1]), 4),
-        tune_sample=int(full.sum()),
-        # The estimate at n_probe = 1, 2, ... (the first 100).
-        tune_curve=[round(float(v), 4) for v in curve[:100]],
-    )
-    log.info(
-        "target recall %.3f: n_probe %d (estimated recall %.4f on %d sampled items)",
-        config.target_recall,
-        n_probe,
-        estimate,
-        int(full.sum()),
-    )
-    return n_probe
-
-
-def _fit_centroids(
-    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport
-) -> np.ndarray:
-    """Spherical k-means on a seeded, partition-independent sample: (n_clusters, dim) unit
-    centroids."""
-    n = prep.n_items
-    n_clusters = config.resolve_n_clusters(n)
-    with stage(spark, report, "sample") as info:
-        sample_size = config.resolve_sample_size(n, n_clusters)
-        # Seeded hash of the key, not DataFrame.sample: the sample must not depend on how the
-        # input is partitioned, or two runs over the same table would differ. The driver's
-        # copy draws the same rows (knnspark.sampling) without a Spark job.
-        if prep.items is not None:
-            keys, vecs = prep.items
-            x = vecs[sampling.kmeans_sample_rows(keys, config.seed, sample_size)]
-        else:
-            threshold = sampling.kmeans_sample_threshold(n, sample_size)
-            _, x = _collect_items(
-                prep.data.filter(
-                    F.pmod(F.xxhash64("key", F.lit(config.seed)), F.lit(sampling.SAMPLE_SCALE))
-                    < threshold
-                ),
-                prep,
-            )
-        info["rows"] = len(x)
-    with stage(spark, report, "kmeans") as info:
-        n_clusters = max(1, min(n_clusters, len(x)))
-        info["rows"] = n_clusters
-        centroids = fit_spherical_kmeans(x, n_clusters, n_iter=config.kmeans_iter, seed=config.seed)
-    report.resolved["kmeans_sample_rows"] = int(len(x))
-    return centroids
-
-
 def _kmeans_in_memory(
     spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
 ) -> tuple[Callable[[], DataFrame], int, inmemory.DriverTable | None]:
-    """k-means (or exact) search of a table that fits a worker (see :mod:`knnspark.inmemory`).
+    """The one-cell search on the driver (see :mod:`knnspark.inmemory`), k-means or exact.
 
     The driver holds every vector in this plan, so items short of k and the recall sample are
     searched exactly right there, without a Spark scan. Returns what builds the table, how many
@@ -980,39 +907,20 @@ def _kmeans_in_memory(
     driver has not read).
     """
     exact = config.resolved_method == "exact"
-    if exact:
-        # Exact = every cluster probed. The clusters still pay: each query's own cluster gives
-        # a threshold that the other clusters' pairs are compared against, instead of a
-        # partial sort of every score.
-        config = config.replace(target_recall=None, n_probe=None, n_refine=0)
     if prep.items is None:
         with stage(spark, report, "collect") as info:
             prep.items = _collect_items(prep.data, prep)
             info["rows"] = prep.n_items
     keys, vecs = prep.items
-    centroids = _fit_centroids(spark, prep, config, report)
-    report.resolved.update(method=config.resolved_method, n_clusters=len(centroids))
-    tune = None
-    if exact:
-        n_probe = len(centroids)
-    elif config.target_recall is not None:
-        with stage(spark, report, "tune") as info:
-            sample_keys = keys[sampling.hash_sample_rows(keys, config.seed + 3, config.tune_sample)]
-            n_probe, tune = inmemory.tune_start(keys, vecs, sample_keys, centroids, config, kk)
-            info["rows"] = len(sample_keys)
-    else:
-        n_probe = config.resolve_n_probe(len(centroids))
+    params = cells.cell_search_params(config, kk)
     log.info(
-        "in-memory plan: %d x %d vectors (%.0f MB) in every Python worker, %d clusters, n_probe %d",
-        len(keys),
-        prep.dim,
+        "one cell on the driver: %d x %d vectors (%.0f MB)", len(keys), prep.dim,
         vecs.nbytes / 2**20,
-        len(centroids),
-        n_probe,
-    )
+    )  # fmt: skip
     pos, scores = inmemory.search_in_memory(
-        spark, keys, vecs, centroids, n_probe, config, report, kk, tune
-    )
+        spark, keys, vecs, params, report,
+        target_recall=None if exact else config.target_recall, tune_sample=config.tune_sample,
+    )  # fmt: skip
     if not exact:
         with stage(spark, report, "fill-short") as info:
             short = np.flatnonzero(pos[:, -1] < 0)
@@ -1042,74 +950,6 @@ def _kmeans_in_memory(
         )
     make_merged = functools.partial(inmemory.emit, spark, keys, pos, scores, report)
     return make_merged, int((pos[:, kk - 1] >= 0).sum()), driver_table
-
-
-def _kmeans_candidates(
-    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
-) -> tuple[DataFrame, int, list[DataFrame]]:
-    dim = prep.dim
-    centroids = _fit_centroids(spark, prep, config, report)
-    n_clusters = len(centroids)
-    if config.target_recall is not None:
-        n_probe = _tune_n_probe(spark, prep, config, report, centroids, kk)
-    else:
-        n_probe = config.resolve_n_probe(n_clusters)
-    with stage(spark, report, "assign") as info:
-        bc = spark.sparkContext.broadcast(centroids)
-
-        def count(batches):
-            return udfs.cluster_count_batches(batches, bc.value, n_probe, dim)
-
-        counts = (
-            prep.data.mapInArrow(count, "cluster int, n_members long, n_queries long")
-            .groupBy("cluster")
-            .agg(F.sum("n_members").alias("m"), F.sum("n_queries").alias("q"))
-            .collect()
-        )
-        n_members = np.zeros(n_clusters, dtype=np.int64)
-        n_queries = np.zeros(n_clusters, dtype=np.int64)
-        for r in counts:
-            n_members[r["cluster"]] = r["m"]
-            n_queries[r["cluster"]] = r["q"]
-        plan = BucketPlan.from_counts(
-            n_members,
-            n_queries,
-            config.max_bucket_members,
-            config.max_bucket_queries,
-            config.seed,
-            max_work=config.max_bucket_work,
-            dim=dim,
-        )
-        info["rows"] = int(n_queries.sum())
-    report.resolved.update(
-        method="kmeans",
-        n_clusters=n_clusters,
-        n_probe=n_probe,
-        n_buckets=plan.n_buckets,
-        n_clusters_split=plan.n_split,
-        cluster_members_min=int(n_members.min()),
-        cluster_members_median=float(np.median(n_members)),
-        cluster_members_max=int(n_members.max()),
-        cluster_queries_max=int(n_queries.max()),
-        bucket_members_max=int((-(-n_members // plan.member_chunks)).max()),
-        bucket_queries_max=int((-(-n_queries // plan.query_chunks)).max()),
-    )
-    log.info(
-        "k-means: %d clusters (members per cluster min %d / median %.0f / max %d), n_probe %d, "
-        "%d buckets (%d clusters split)",
-        n_clusters,
-        n_members.min(),
-        np.median(n_members),
-        n_members.max(),
-        n_probe,
-        plan.n_buckets,
-        plan.n_split,
-    )
-    rows = _centroid_rows(spark, prep, centroids, n_probe, plan)
-    cands, max_rows = _bucket_candidates(
-        prep, config, rows, plan, (n_members, n_queries), config.reverse_candidates
-    )
-    return cands, max_rows, []
 
 
 def _merge(

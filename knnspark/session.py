@@ -22,6 +22,7 @@ __all__ = [
     "is_local_master",
     "jit_options",
     "local_cores",
+    "memory_mb",
     "stop_session",
 ]
 
@@ -336,3 +337,12 @@ def class_archive_in_use(spark: SparkSession) -> str | None:
         if path.endswith(".jsa") and Path(path).name.startswith("spark-"):
             return path
     return None
+
+
+def memory_mb(size: str) -> float:
+    """A JVM memory string (``512m``, ``4g``, ``1gb``, plain bytes) in MB."""
+    s = size.strip().lower().rstrip("b")
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}
+    if s and s[-1] in units:
+        return float(s[:-1]) * units[s[-1]]
+    return float(s) / 2**20

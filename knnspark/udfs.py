@@ -9,12 +9,14 @@ call them on hand-made Arrow batches without Spark.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from knnspark import graph, kernel, lsh
+from knnspark import kernel, lsh, search
 from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
 from knnspark.jaccard import Sets, topk_jaccard
 from knnspark.kmeans import nearest_centroids
@@ -23,15 +25,14 @@ __all__ = [
     "STATUS_NAMES",
     "assign_batches",
     "bucket_topk",
-    "cluster_count_batches",
+    "cell_assign_batches",
+    "cell_topk",
     "list_to_matrix",
     "list_to_sets",
     "GRAPH_ARROW_SCHEMA",
     "GRAPH_SCHEMA",
     "column_items",
     "emit_block_batches",
-    "probe_block_batches",
-    "refine_block_batches",
     "take_items",
     "lsh_assign_batches",
     "lsh_code_batches",
@@ -193,14 +194,6 @@ def _rows_of(starts: np.ndarray, value_mask: np.ndarray) -> np.ndarray:
     return np.unique(np.searchsorted(starts, np.nonzero(value_mask)[0], side="right") - 1)
 
 
-def warm_up_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """One row per task: the process id. Run as a job for its side effect, which is a started
-    Python worker that has imported this module (and with it the kernels)."""
-    for _ in batches:
-        pass
-    yield pa.RecordBatch.from_arrays([pa.array([os.getpid()], pa.int64())], ["pid"])
-
-
 def prepare_batches(
     batches: Iterator[pa.RecordBatch], id_col: str, vector_col: str, keep_raw: bool = False
 ) -> Iterator[pa.RecordBatch]:
@@ -308,25 +301,6 @@ def dense_rank_batches(
         keys = np.arange(nxt, nxt + b.num_rows, dtype=np.int64)
         nxt += b.num_rows
         yield pa.RecordBatch.from_arrays([_column(b, col), pa.array(keys)], names=[col, "key"])
-
-
-def cluster_count_batches(
-    batches: Iterator[pa.RecordBatch], centroids: np.ndarray, n_probe: int, dim: int
-) -> Iterator[pa.RecordBatch]:
-    """Per-cluster member and query counts of each batch (summed by Spark afterwards)."""
-    _maybe_fail("cluster_count_batches")
-    n_c = centroids.shape[0]
-    members = np.zeros(n_c, dtype=np.int64)
-    queries = np.zeros(n_c, dtype=np.int64)
-    for batch in batches:
-        x = list_to_matrix(_column(batch, "vec"), dim)
-        probes = nearest_centroids(x, centroids, n_probe)
-        members += np.bincount(probes[:, 0], minlength=n_c)
-        queries += np.bincount(probes.ravel(), minlength=n_c)
-    yield pa.RecordBatch.from_arrays(
-        [pa.array(np.arange(n_c, dtype=np.int32)), pa.array(members), pa.array(queries)],
-        names=["cluster", "n_members", "n_queries"],
-    )
 
 
 def assign_batches(
@@ -591,72 +565,6 @@ def _graph_batch(rows: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pa.Re
     )
 
 
-def probe_block_batches(
-    batches: Iterator[pa.RecordBatch],
-    index: dict,
-    n_probe: int,
-    k: int,
-    block_rows: int,
-    block_bytes: int,
-) -> Iterator[pa.RecordBatch]:
-    """Probed top-k of the query blocks named by the input rows (see :data:`GRAPH_SCHEMA`).
-
-    ``index`` (broadcast): ``vecs`` (n, d) unit vectors in key order, ``home`` (n,) each item's
-    cluster, ``cluster_rows`` / ``offsets`` the members of every cluster, ``centroids``. Blocks
-    are runs of ``cluster_rows``, so a block's queries share most of their probed clusters.
-    """
-    _maybe_fail("probe_block_batches")
-    vecs, home, cluster_rows = index["vecs"], index["home"], index["cluster_rows"]
-    for _, rows in _block_rows(batches, cluster_rows, block_rows):
-        probes = _probes_home_first(vecs[rows], home[rows], index["centroids"], n_probe)
-        pos, scores = graph.probed_topk(
-            vecs, rows, probes, cluster_rows, index["offsets"], k, block_bytes=block_bytes
-        )
-        yield _graph_batch(rows, pos, scores)
-
-
-def _probes_home_first(
-    x: np.ndarray, home: np.ndarray, centroids: np.ndarray, n_probe: int
-) -> np.ndarray:
-    """The ``n_probe`` nearest clusters of each row with the row's own cluster first."""
-    near = nearest_centroids(x, centroids, n_probe)
-    others = near != home[:, None]
-    # Stable: keep the nearest-first order of the other clusters, drop home (or the last).
-    order = np.argsort(~others, axis=1, kind="stable")[:, : near.shape[1] - 1]
-    rest = np.take_along_axis(near, order, axis=1)
-    return np.concatenate([home[:, None].astype(near.dtype), rest], axis=1)
-
-
-def refine_block_batches(
-    batches: Iterator[pa.RecordBatch],
-    index: dict,
-    graph_bc: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
-    k: int,
-    block_rows: int,
-    fanout: int | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """One refinement round (:func:`knnspark.graph.refine_topk`) of the named query blocks.
-
-    ``graph_bc`` (broadcast): the current neighbour positions (n, k) and scores (n, k), reverse
-    lists (n, r), and the fresh-entry flags (n, k) and (n, fanout) or ``None``.
-    """
-    _maybe_fail("refine_block_batches")
-    nbrs, nbr_scores, reverse, fresh, fresh_top = graph_bc
-    for _, rows in _block_rows(batches, index["cluster_rows"], block_rows):
-        pos, scores = graph.refine_topk(
-            index["vecs"],
-            rows,
-            nbrs,
-            reverse,
-            k,
-            fresh,
-            fanout=fanout,
-            fresh_top=fresh_top,
-            scores=nbr_scores,
-        )
-        yield _graph_batch(rows, pos, scores)
-
-
 #: Items per Arrow batch of the emitted table (a task's block may be much larger).
 _EMIT_BATCH_ROWS = 4096
 
@@ -681,3 +589,98 @@ def emit_block_batches(
                 ],
                 names=["key", "nbr", "rank", "score"],
             )
+
+
+# --------------------------------------------------------------------------- cells
+#: The rows a cell task gets: its group (a cell, or a hash part of an oversized one), the
+#: member's key and packed unit vector, and whether the cell is the member's nearest.
+CELL_ROWS_SCHEMA = "grp int, key long, vec binary, home boolean"
+CELL_CANDIDATES_SCHEMA = "key long, nbr long, score float"
+
+
+def cell_assign_batches(
+    batches: Iterator[pa.RecordBatch],
+    centroids: np.ndarray,
+    overlap: int,
+    first_group: np.ndarray,
+    n_parts: np.ndarray,
+    dim: int,
+    seed: int,
+) -> Iterator[pa.RecordBatch]:
+    """One row per (item, cell it is a member of): its ``overlap`` nearest coarse cells.
+
+    A cell planned larger than a task may hold is cut into ``n_parts[cell]`` parts by a seeded
+    hash of the key (never sampled down); the part's group is ``first_group[cell] + part``.
+    The nearest cell (computed once, float64, ties by the lower index) is the item's home.
+    """
+    _maybe_fail("cell_assign_batches")
+    for batch in batches:
+        keys = _column(batch, "key").to_numpy().astype(np.int64)
+        vec = _column(batch, "vec")
+        if len(keys) == 0:
+            continue
+        near = nearest_centroids(list_to_matrix(vec, dim), centroids, overlap)
+        width = near.shape[1]
+        cells = near.ravel()
+        item = np.repeat(np.arange(len(keys)), width)
+        part = kernel.mix64(keys[item], seed).view(np.uint64) % n_parts[cells].astype(np.uint64)
+        grp = first_group[cells] + part.astype(np.int64)
+        home = np.tile(np.arange(width) == 0, len(keys))
+        for s in range(0, len(item), _OUTPUT_BATCH_ROWS):
+            sl = slice(s, s + _OUTPUT_BATCH_ROWS)
+            yield pa.record_batch(
+                [
+                    pa.array(grp[sl].astype(np.int32)),
+                    pa.array(keys[item[sl]]),
+                    vec.take(pa.array(item[sl])),
+                    pa.array(home[sl]),
+                ],
+                names=["grp", "key", "vec", "home"],
+            )
+
+
+def cell_topk(
+    table: pa.Table,
+    params: search.CellSearch,
+    dim: int,
+    n_threads: int,
+    stats: object | None = None,
+) -> pa.Table:
+    """Candidate pairs ``(key, nbr, score)`` of one cell group: the in-cell top-k of each of
+    its members, found by :func:`knnspark.search.search_cell`.
+
+    The vectors are gathered into key order straight from the Arrow chunks, one float32 copy
+    (a cell is the largest thing a task holds). ``stats`` (a Spark accumulator of a dict, see
+    :func:`knnspark.cells.CellStats`), when given, gets ``{group: (members, homes, seconds,
+    fine clusters)}``: keyed by group, so a retried task sets the same entry again.
+    """
+    _maybe_fail("cell_topk")
+    started = time.perf_counter()
+    keys = _column(table, "key").to_numpy().astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    vecs = np.empty((len(keys), dim), dtype=np.float32)
+    dest = np.empty(len(order), dtype=np.int64)
+    dest[order] = np.arange(len(order))
+    offset = 0
+    # Chunk by chunk: one binary array holds at most 2 GiB (int32 offsets).
+    for chunk in table.column("vec").chunks:
+        n = len(chunk)
+        vecs[dest[offset : offset + n]] = list_to_matrix(chunk, dim)
+        offset += n
+    n_homes = int(pc.sum(table.column("home")).as_py() or 0)
+    pos, scores, info = search.search_cell(keys, vecs, params, n_threads)
+    valid = pos >= 0
+    out = pa.table(
+        {
+            "key": np.broadcast_to(keys[:, None], pos.shape)[valid],
+            "nbr": keys[pos[valid]],
+            "score": scores[valid].astype(np.float32),
+        }
+    )
+    if stats is not None:
+        group = int(_column(table, "grp")[0].as_py()) if len(keys) else -1
+        stats.add(
+            {group: (len(keys), n_homes, time.perf_counter() - started, info["n_clusters"])}
+        )
+    return out

@@ -64,7 +64,7 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     assert manifest["counts"]["n_items"] == 4000
     # The driver validates a table this small straight into memory: no collect stage.
     in_memory = ("index", "search-p2", "refine-1", "refine-2")
-    for stage in ("validate", "sample", "kmeans", *in_memory, "recall", "write"):
+    for stage in ("validate", *in_memory, "recall", "write"):
         assert stage in manifest["timings_s"]
     assert "collect" not in manifest["timings_s"]
     # 4,000 items: searched by the driver, and written by pyarrow from the graph it holds

@@ -166,7 +166,7 @@ def test_shipped_configs_load(tmp_path):
 
 
 def test_memory_strings_in_mb():
-    from knnspark.inmemory import _mb
+    from knnspark.session import memory_mb as _mb
 
     assert _mb("4g") == 4096 and _mb("512m") == 512 and _mb("512M") == 512
     assert _mb("1073741824") == 1024 and _mb("2048k") == 2 and _mb("1gb") == 1024

@@ -5,7 +5,7 @@ import pytest
 
 from knnspark import graph
 from knnspark.kmeans import nearest_centroids
-from knnspark.udfs import _probes_home_first
+from knnspark.search import probes_home_first as _probes_home_first
 
 
 def _unit(x):

@@ -1,9 +1,9 @@
 """Python-worker memory stays within a small budget on a heavily skewed table.
 
 ``spark.executor.pyspark.memory`` is enforced as an address-space limit on every Python worker.
-A third of the rows share one vector, so one k-means cluster holds a third of the table; with
-bucket caps it is cut into chunks and the run completes within the budget. Without the caps the
-same run dies with MemoryError at this budget (see scripts/skew_memory_check.py, which runs both).
+A third of the rows share one vector, so one coarse cell would hold a third of the table; k-means
+cannot split identical vectors, so the cell is cut into hash parts under ``cell_max_mb`` (never
+sampled down) and the run completes within the budget.
 """
 
 import json
@@ -20,7 +20,8 @@ from knnspark.generate import synthetic_embeddings
 from knnspark.udfs import matrix_to_list
 
 ROOT = Path(__file__).resolve().parents[1]
-N, DIM, K, CAP, BUDGET = 45_000, 768, 5, 3000, "700m"
+N, DIM, K, CELL_MB, BUDGET = 45_000, 768, 5, 20.0, "700m"
+CAP = int(CELL_MB * 2**20 // (DIM * 4))  # members a cell may hold
 
 
 @pytest.mark.slow
@@ -35,9 +36,9 @@ def test_skewed_bucket_fits_a_small_python_memory_budget(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "knnspark", "run", "--input", str(tmp_path / "emb"),
-         "--output", str(out), "--master", "local[2]", "--n-clusters", "6", "--n-probe", "1",
-         "--k", str(K), "--recall-sample", "100", "--max-bucket-members", str(CAP),
-         "--max-bucket-queries", str(CAP), "--broadcast-max-mb", "0",  # the shuffle plan
+         "--output", str(out), "--master", "local[2]", "--n-probe", "2",
+         "--k", str(K), "--recall-sample", "100", "--cell-max-mb", str(CELL_MB),
+         "--driver-search-max-items", "0",  # cells searched by Spark tasks
          "--conf", f"spark.executor.pyspark.memory={BUDGET}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -45,8 +46,8 @@ def test_skewed_bucket_fits_a_small_python_memory_budget(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "_manifest.json").read_text())
     res = manifest["resolved"]
-    assert res["cluster_members_max"] > N // 3  # the hot cluster really is there
-    assert res["n_clusters_split"] >= 1
-    assert res["bucket_members_max"] <= CAP * 1.1 and res["bucket_queries_max"] <= CAP * 1.1
+    assert res["plan"] == "cells" and res["cell_max_members"] == CAP
+    assert res["n_cells_split"] >= 1  # the hot cell was cut into parts
+    assert res["cell_members_max"] <= CAP * 1.1  # and no task held more than a cell
     assert manifest["counts"]["n_output_rows"] == N * K  # exactly k for everyone, nothing lost
     assert manifest["counts"]["n_items_short_of_k"] == 0

@@ -47,25 +47,25 @@ def assert_invariants(table, ids, k):
     return by_item
 
 
-#: (broadcast_max_mb, driver_search_max_items): the shuffle plan, the in-memory plan searched
-#: by the Python workers, and by the driver.
+#: (driver_search_max_items, cell_max_mb): several cells (3,000 x 24 float32 is 0.27 MB), one
+#: cell searched by one Spark task, and the one cell searched by the driver.
 PLANS = pytest.mark.parametrize(
-    "broadcast_max_mb, driver_max",
-    [(0, 0), (512, 0), (512, 20_000)],
-    ids=["shuffle", "in-memory-workers", "in-memory-driver"],
+    "driver_max, cell_max_mb",
+    [(0, 0.08), (0, None), (20_000, None)],
+    ids=["cells", "one-cell-task", "driver"],
 )
 
 
 @PLANS
-def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb, driver_max):
+def test_exact_mode_equals_brute_force(spark, clustered, driver_max, cell_max_mb):
     keys, x = clustered
     cfg = KnnConfig(
         k=10,
         method="exact",
         max_bucket_members=1100,
         max_bucket_queries=900,
-        broadcast_max_mb=broadcast_max_mb,
         driver_search_max_items=driver_max,
+        cell_max_mb=cell_max_mb,
     )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 10)
@@ -74,12 +74,11 @@ def test_exact_mode_equals_brute_force(spark, clustered, broadcast_max_mb, drive
     got_scores = np.array([by_item[k][1] for k in keys.tolist()])
     assert_topk_matches(got_keys, got_scores, keys, sims, 10)
     res = result.report.resolved
-    if broadcast_max_mb:  # every cluster probed, nothing refined
+    if driver_max:  # every cluster probed, nothing refined
         assert res["plan"] == "in-memory" and res["n_probe"] == res["n_clusters"] > 1
-        assert res["n_refine"] == 0
-        assert res["search_on"] == ("driver" if driver_max else "workers")
-    else:
-        assert res["n_blocks"] == 4  # ceil(3000 / 900): the blocked path ran
+        assert res["n_refine"] == 0 and res["search_on"] == "driver"
+    else:  # cells cannot be exact: the blocked all-pairs path
+        assert res["plan"] == "shuffle" and res["n_blocks"] == 4  # ceil(3000 / 900)
     assert result.report.recall is None
 
 
@@ -100,7 +99,7 @@ def test_probing_every_cluster_is_exact_and_skips_the_rounds(spark, clustered):
 
 
 @PLANS
-def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb, driver_max):
+def test_kmeans_recall_against_oracle(spark, clustered, driver_max, cell_max_mb):
     keys, x = clustered
     cfg = KnnConfig(
         k=10,
@@ -108,12 +107,17 @@ def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb, driver
         n_probe=4,
         recall_sample=300,
         seed=3,
-        broadcast_max_mb=broadcast_max_mb,
         driver_search_max_items=driver_max,
+        cell_max_mb=cell_max_mb,
     )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 10)
-    assert result.report.resolved["n_clusters"] == 20
+    res = result.report.resolved
+    if driver_max:
+        assert res["plan"] == "in-memory" and res["n_clusters"] == 20
+    else:
+        assert res["plan"] == "cells"
+        assert (res["n_cells"] == 1) == (cell_max_mb is None), res["n_cells"]
     true_keys, true_scores, _ = brute_force_topk(x, keys, 10)
     kth = true_scores[:, -1]
     hits = [np.sum(np.array(by_item[k][1]) >= kth[i] - 1e-6) for i, k in enumerate(keys.tolist())]
@@ -125,8 +129,6 @@ def test_kmeans_recall_against_oracle(spark, clustered, broadcast_max_mb, driver
     # the tolerance of float32 scoring).
     assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)
     assert result.report.counts["n_items_short_of_k"] == 0
-    plan = "in-memory" if broadcast_max_mb else "shuffle"
-    assert result.report.resolved["plan"] == plan
 
 
 def test_tiny_clusters_still_give_exactly_k(spark):
@@ -223,10 +225,12 @@ def test_schema_errors(spark):
 
 
 def test_thirty_percent_identical_vectors_split_not_sampled(spark):
-    # 30% of the rows share one vector: one hot bucket, cut into chunks (never sampled down);
+    # 30% of the rows share one vector: one hot cell, cut into hash parts (never sampled down);
     # every item still gets exactly k neighbours, the duplicates each other at score 1.0.
+    from knnspark.generate import synthetic_embeddings
+
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    x = synthetic_embeddings(1000, 8, seed=8)
     hot = rng.choice(1000, 300, replace=False)
     x[hot] = x[hot[0]]
     keys = np.arange(1000, dtype=np.int64)
@@ -234,20 +238,21 @@ def test_thirty_percent_identical_vectors_split_not_sampled(spark):
         k=5,
         n_clusters=8,
         n_probe=2,
-        broadcast_max_mb=0,  # the shuffle plan, whose buckets are split
-        max_bucket_members=80,
-        max_bucket_queries=120,
+        driver_search_max_items=0,
+        cell_max_mb=150 * 8 * 4 / 2**20,  # 150 members a cell
         recall_sample=200,
     )
     result = compute_neighbors(to_df(spark, keys, x), cfg)
     by_item = assert_invariants(result.table, keys.tolist(), 5)
-    assert result.report.resolved["n_clusters_split"] >= 1
-    assert result.report.resolved["bucket_members_max"] <= 80
-    hot_sorted = sorted(hot.tolist())
-    for item in hot_sorted[:20]:
+    res = result.report.resolved
+    assert res["plan"] == "cells" and res["cell_max_members"] == 150
+    assert res["n_cells_split"] >= 1 and res["n_cell_groups"] > res["n_cells"]
+    hot_set = set(hot.tolist())
+    for item in sorted(hot_set)[:20]:
         nbrs, scores, _ = by_item[item]
-        assert nbrs == [i for i in hot_sorted if i != item][:5]
-        assert scores == [1.0] * 5
+        # Duplicates find each other at 1.0 within their part; equal scores rank by id.
+        assert set(nbrs) <= hot_set and nbrs == sorted(nbrs)
+        assert all(s == scores[0] >= 1 - 1e-6 for s in scores)
     assert result.report.recall["recall_at_k"] >= 0.9
 
 
@@ -335,12 +340,17 @@ def test_local_parquet_is_read_on_the_driver_and_gives_the_spark_read_table(
 
 
 @pytest.mark.parametrize("id_type", ["long", "string"])
-def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id_type, monkeypatch):
-    """The driver runs the workers' functions over the same blocks, in a thread per core: the
-    same graph through rounds, fanout and the target-recall loop; and the table it holds
-    (what the CLI writes with pyarrow) is the emitted table, row for row."""
+def test_driver_search_gives_the_one_cell_table_and_holds_it(
+    spark, clustered, id_type, monkeypatch
+):
+    """The driver runs the cell search a Spark task runs, over the same blocks, in a thread per
+    core: the same graph through rounds, fanout and the target-recall loop (whose steps the
+    task replays); and the table it holds (what the CLI writes with pyarrow) is the emitted
+    table, row for row."""
+    from knnspark import search
+
     # Small blocks, so the driver's two threads each take several and finish out of order.
-    monkeypatch.setattr(inmemory, "BLOCK_ROWS", 256)
+    monkeypatch.setattr(search, "BLOCK_ROWS", 256)
     keys, x = clustered
     df = to_df(spark, keys[:1500], x[:1500], id_type=id_type)
     cols = ["item_id", "neighbor_id", "rank", "score"]
@@ -349,17 +359,20 @@ def test_driver_search_gives_the_workers_table_and_holds_it(spark, clustered, id
         KnnConfig(k=5, n_clusters=10, target_recall=0.97, tune_sample=200, seed=5),
     ):
         driver = compute_neighbors(df, cfg)
-        workers = compute_neighbors(df, cfg.replace(driver_search_max_items=0))
+        task = compute_neighbors(df, cfg.replace(driver_search_max_items=0))
         assert driver.report.resolved["search_on"] == "driver"
         assert driver.report.resolved["driver_threads"] == 2  # local[2]
         assert driver.report.resolved["n_blocks"] == 6
-        assert workers.report.resolved["search_on"] == "workers"
-        assert workers.report.resolved["n_blocks"] == 6
-        assert driver.report.resolved["steps"] == workers.report.resolved["steps"]
-        assert len(driver.report.resolved["steps"]) > 1  # rounds (and probes) ran
+        assert task.report.resolved["plan"] == "cells" and task.report.resolved["n_cells"] == 1
+        steps = [(s["step"], s.get("n_probe"), s.get("round")) for s in
+                 driver.report.resolved["steps"]]  # fmt: skip
+        assert len(steps) > 1  # rounds (and probes) ran
+        if cfg.target_recall is not None:
+            want = [("probe" if s == "search" else "refine", p or r) for s, p, r in steps]
+            assert task.report.resolved["recipe"] == [list(w) for w in want]
         rows = driver.table.orderBy("item_id", "rank").select(cols).collect()
-        assert rows == workers.table.orderBy("item_id", "rank").select(cols).collect()
-        assert driver.report.recall == workers.report.recall
+        assert rows == task.table.orderBy("item_id", "rank").select(cols).collect()
+        assert driver.report.recall == task.report.recall
         held = pa.concat_tables(driver.driver_table.tables())
         assert held.column_names == cols
         assert held.sort_by([("item_id", "ascending"), ("rank", "ascending")]).to_pylist() == [
@@ -450,33 +463,6 @@ def test_which_inputs_the_driver_reads(spark, tmp_path):
     result = compute_neighbors(spark.read.parquet(str(odd)), KnnConfig(k=3, recall_sample=0))
     assert result.report.resolved["input_read"] == "spark"
     assert_invariants(result.table, list(range(40)), 3)
-
-
-def test_worker_warm_up_runs_one_task_per_core_in_the_background(spark):
-    from knnspark import inmemory, udfs
-
-    thread = inmemory.start_workers(spark)
-    assert thread.daemon
-    thread.join(120)
-    assert not thread.is_alive()
-    assert thread.error is None, f"the warm-up raised: {thread.error!r}"
-    n = spark.sparkContext.defaultParallelism
-    pids = spark.range(n, numPartitions=n).mapInArrow(udfs.warm_up_batches, "pid long").collect()
-    assert len(pids) == n and all(r.pid > 0 for r in pids)
-
-
-def test_worker_warm_up_keeps_what_it_raised(spark, monkeypatch):
-    from knnspark import inmemory, udfs
-
-    def broken(batches):
-        raise RuntimeError("no Python worker for you")
-        yield  # a generator, as mapInArrow wants
-
-    monkeypatch.setattr(udfs, "warm_up_batches", broken)
-    thread = inmemory.start_workers(spark)
-    thread.join(120)
-    assert not thread.is_alive()
-    assert "no Python worker for you" in str(thread.error)
 
 
 def test_where_the_in_memory_plan_searches(spark):
