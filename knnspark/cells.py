@@ -33,6 +33,7 @@ from knnspark import sampling, search, udfs
 from knnspark.config import KnnConfig
 from knnspark.kmeans import fit_spherical_kmeans, nearest_centroids
 from knnspark.progress import RunReport, stage
+from knnspark.samples import in_sample
 from knnspark.search import CellSearch
 from knnspark.session import memory_mb
 
@@ -95,7 +96,12 @@ class CellPlan:
     n_parts : ndarray of shape (n_cells,), int64
         Hash parts each cell is cut into (1 unless the sample predicts it over the cap).
     first_group : ndarray of shape (n_cells,), int64
-        Group id of each cell's first part (one Spark task per group).
+        Group index of each cell's first part (one Spark task per group).
+    labels : ndarray of shape (n_groups,), int32
+        The ``grp`` value of each group's rows: Spark's hash partitioning into ``n_groups``
+        partitions gives each label a partition of its own
+        (:func:`knnspark.sampling.partition_labels`), the largest groups the first partitions
+        (which run first: the longest tasks do not start last).
     max_members : int
         Most members a group is meant to hold (the cap).
     estimated_members : ndarray of shape (n_cells,), float64
@@ -106,6 +112,7 @@ class CellPlan:
     overlap: int
     n_parts: np.ndarray
     first_group: np.ndarray
+    labels: np.ndarray
     max_members: int
     estimated_members: np.ndarray
 
@@ -178,11 +185,16 @@ def plan_cells(
         near, estimated = _memberships(x, centroids, overlap, n_items)
     n_parts = np.maximum(1, np.ceil(estimated * SPLIT_MARGIN / max_members)).astype(np.int64)
     first_group = np.concatenate([[0], np.cumsum(n_parts)[:-1]]).astype(np.int64)
+    group_size = np.repeat(estimated / n_parts, n_parts)
+    largest_first = np.argsort(-group_size, kind="stable")
+    labels = np.empty(len(group_size), dtype=np.int32)
+    labels[largest_first] = sampling.partition_labels(len(group_size))
     return CellPlan(
         centroids=centroids,
         overlap=overlap,
         n_parts=n_parts,
         first_group=first_group,
+        labels=labels,
         max_members=max_members,
         estimated_members=estimated,
     )
@@ -228,7 +240,7 @@ def _tune_on_one_cell(
 
     per_group = plan.estimated_members / plan.n_parts
     cell = int(np.argmax(per_group))
-    group = int(plan.first_group[cell])
+    group = int(plan.labels[plan.first_group[cell]])
     with stage(spark, report, "tune") as info:
         tbl = rows.filter(F.col("grp") == group).select("key", "vec").toArrow()
         keys = tbl.column("key").to_numpy().astype(np.int64)
@@ -237,7 +249,7 @@ def _tune_on_one_cell(
         dim = plan.centroids.shape[1]
         vecs = np.ascontiguousarray(udfs.list_to_matrix(tbl.column("vec"), dim)[order])
         index = search.CellIndex(keys, vecs, params, driver_threads(spark))
-        sample = sampling.hash_sample_rows(keys, config.seed + 3, config.tune_sample)
+        sample = sampling.sample_rows(keys, config.seed + 3, config.tune_sample)
         n_probe, sample, exact = search.tune_start(
             index, sample, config.target_recall, params.block_bytes
         )
@@ -265,14 +277,7 @@ def _tune_on_one_cell(
 def _sample(spark: SparkSession, data: DataFrame, n: int, dim: int, size: int, seed: int):
     """Unit vectors of about ``size`` rows chosen by a seeded hash threshold of the key: the
     same rows on any partitioning, and no task gathers more than its own share."""
-    threshold = sampling.kmeans_sample_threshold(n, size)
-    tbl = (
-        data.filter(
-            F.pmod(F.xxhash64("key", F.lit(seed)), F.lit(sampling.SAMPLE_SCALE)) < threshold
-        )
-        .select("key", "vec")
-        .toArrow()
-    )
+    tbl = data.filter(in_sample(n, size, seed)).select("key", "vec").toArrow()
     keys = tbl.column("key").to_numpy()
     order = np.argsort(keys, kind="stable")
     return udfs.list_to_matrix(tbl.column("vec"), dim)[order]
@@ -335,14 +340,14 @@ def cell_candidates(
         cell_threads=task_cpus(spark),
     )
     bc = spark.sparkContext.broadcast(
-        (plan.centroids, plan.overlap, plan.first_group, plan.n_parts)
+        (plan.centroids, plan.overlap, plan.first_group, plan.n_parts, plan.labels)
     )
     seed = config.seed
 
     def assign(batches):  # closes over the broadcast, read on the executor
-        centroids, overlap_, first_group, n_parts = bc.value
+        centroids, overlap_, first_group, n_parts, labels = bc.value
         return udfs.cell_assign_batches(
-            batches, centroids, overlap_, first_group, n_parts, dim, seed
+            batches, centroids, overlap_, first_group, n_parts, labels, dim, seed
         )
 
     rows = data.mapInArrow(assign, udfs.CELL_ROWS_SCHEMA)
@@ -366,7 +371,13 @@ def cell_candidates(
     def search(table: pa.Table) -> pa.Table:  # applyInArrow reads the kind from the hints
         return search_fn(table)
 
-    cands = rows.groupBy("grp").applyInArrow(search, udfs.CELL_CANDIDATES_SCHEMA)
+    # One partition, so one task, per group (see CellPlan.labels); the grouping needs no
+    # second shuffle, and the explicit partition count is not coalesced by adaptive execution.
+    cands = (
+        rows.repartition(plan.n_groups, "grp")
+        .groupBy("grp")
+        .applyInArrow(search, udfs.CELL_CANDIDATES_SCHEMA)
+    )
     return cands, n_items * plan.overlap * kk, functools.partial(_report_cells, stats, report)
 
 

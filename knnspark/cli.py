@@ -159,7 +159,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recall-sample",
         type=int,
-        help="items sampled for the recall estimate (default 1000, 0 = off)",
+        help="about this many items sampled for the recall estimate (default 1000, 0 = off)",
     )
     p.add_argument(
         "--max-bucket-members", type=int, help="members per UDF call before a bucket is split"

@@ -64,7 +64,8 @@ class KnnConfig:
         Exclusive with ``n_probe`` and ``n_refine``; the manifest reports the estimate it was
         chosen on and, as always, the recall measured on an independent sample.
     tune_sample : int
-        Items whose exact top-k tunes ``n_probe`` for ``target_recall``.
+        About this many items (a seeded hash sample) have their exact top-k tune the search
+        for ``target_recall``.
     reverse_candidates : bool
         Also give each bucket member its best queries of the bucket (computed from the same
         score matrix): a pair is then found when *either* item probes the other's bucket. Costs
@@ -143,7 +144,9 @@ class KnnConfig:
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
         the manifest) and the job runs on the valid rows.
     recall_sample : int
-        Items whose exact top-k is computed to estimate recall (0 disables; ignored for exact).
+        About this many items (a seeded hash threshold picks them, so each partition draws
+        its own share) have their exact top-k computed to estimate recall (0 disables;
+        ignored for exact). The manifest's ``recall.n_sample`` is the number drawn.
     seed : int
         Seed of every random choice (k-means sample and initialisation, LSH hyperplanes and
         MinHash permutations, recall sample).

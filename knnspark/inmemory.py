@@ -157,7 +157,7 @@ def search_in_memory(
             steps.append(record)
     else:
         with stage(spark, report, "tune") as info:
-            rows = sampling.hash_sample_rows(keys, params.seed + 3, tune_sample)
+            rows = sampling.sample_rows(keys, params.seed + 3, tune_sample)
             n_probe, rows, exact = search.tune_start(index, rows, target_recall, params.block_bytes)
             info["rows"] = len(rows)
         with stage(spark, report, "search-tuned") as info:

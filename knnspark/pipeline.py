@@ -27,7 +27,7 @@ from pyspark.sql.window import Window
 from knnspark import cells, inmemory, io, kernel, sampling, udfs
 from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
-from knnspark.errors import InputError
+from knnspark.errors import ConfigError, InputError
 from knnspark.jaccard import Sets, jaccard_scores
 from knnspark.lsh import (
     hyperplane_collision,
@@ -37,6 +37,8 @@ from knnspark.lsh import (
 )
 from knnspark.metrics import recall_interval, recall_per_item
 from knnspark.progress import RunReport, stage
+from knnspark.samples import in_sample
+from knnspark.session import memory_mb
 
 __all__ = ["NeighborResult", "Prepared", "build_neighbors", "compute_neighbors", "prepare_input"]
 
@@ -934,7 +936,7 @@ def _kmeans_in_memory(
                 scores[short] = s
         if config.recall_sample > 0:
             with stage(spark, report, "recall") as info:
-                rows = sampling.hash_sample_rows(keys, config.seed + 1, config.recall_sample)
+                rows = sampling.sample_rows(keys, config.seed + 1, config.recall_sample)
                 sample_keys = keys[rows]
                 _, exact_scores = kernel.topk_cosine(
                     vecs[rows], sample_keys, vecs, keys, kk, block_bytes=config.block_bytes
@@ -975,28 +977,33 @@ def _merge(
 
 
 # --------------------------------------------------------------------------- exact scans
-def exact_topk(
+def exact_scan(
     spark: SparkSession,
     prep: Prepared,
     query_keys: np.ndarray,
     queries: np.ndarray | Sets,
     k: int,
     block_bytes: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of a set of query items against every item (broadcast queries, scan items).
+) -> DataFrame:
+    """Exact top-k of a set of query items against every item, merged on the executors.
+
+    The queries are broadcast ``_SCAN_QUERIES`` at a time; each partition of the items keeps a
+    running top-k per query (:func:`udfs.scan_topk_batches`), and the partitions' lists are
+    merged by query (group by a hash of the query key): the driver gets nothing back.
 
     ``queries`` are unit vectors of shape (n_queries, dim), or :class:`Sets` for Jaccard.
 
     Returns
     -------
-    neighbor_keys, scores : ndarray of shape (n_queries, min(k, n_items - 1))
-        Padded with ``-1`` / ``-inf``; rows follow ``query_keys``.
+    DataFrame
+        ``key long, nbr long, rank int, score float`` (lazy): each query's
+        ``min(k, n_items - 1)`` best items, never itself.
     """
     sc = spark.sparkContext
     dim, metric = prep.dim, prep.metric
     kk = min(k, max(prep.n_items - 1, 0))
-    out_keys = np.full((len(query_keys), kk), -1, dtype=np.int64)
-    out_scores = np.full((len(query_keys), kk), -np.inf, dtype=np.float32)
+    n_parts = max(prep.data.rdd.getNumPartitions(), 1)
+    parts: list[DataFrame] = []
     for start in range(0, len(query_keys), _SCAN_QUERIES):
         qk = np.asarray(query_keys[start : start + _SCAN_QUERIES], dtype=np.int64)
         block = udfs.take_items(queries, np.arange(start, start + len(qk)))
@@ -1006,18 +1013,62 @@ def exact_topk(
             keys, items = bc.value
             return udfs.scan_topk_batches(batches, keys, items, kk, dim, block_bytes, metric)
 
-        cands = prep.data.mapInArrow(scan, _CANDIDATE_SCHEMA).toArrow()
-        q, nb, s, r = kernel.merge_topk(
-            cands.column("key").to_numpy(),
-            cands.column("nbr").to_numpy(),
-            cands.column("score").to_numpy(),
-            kk,
+        n_groups = max(1, math.ceil(len(qk) * kk * n_parts / _MERGE_GROUP_ROWS))
+        parts.append(
+            prep.data.mapInArrow(scan, _CANDIDATE_SCHEMA)
+            .groupBy(F.pmod(F.xxhash64("key"), F.lit(n_groups)).alias("_g"))
+            .applyInArrow(_table_udf(udfs.merge_table, k=kk), _MERGED_SCHEMA)
         )
-        row = np.searchsorted(qk, q) if np.all(qk[:-1] <= qk[1:]) else _row_of(qk, q)
-        out_keys[start + row, r - 1] = nb
-        out_scores[start + row, r - 1] = s
-        bc.unpersist()
+    if not parts:
+        return spark.createDataFrame([], _MERGED_SCHEMA)
+    return functools.reduce(DataFrame.unionByName, parts)
+
+
+def exact_topk(
+    spark: SparkSession,
+    prep: Prepared,
+    query_keys: np.ndarray,
+    queries: np.ndarray | Sets,
+    k: int,
+    block_bytes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_scan` of a sample of queries, brought to the driver (``n_queries x k``
+    rows: the sample's size, not the table's).
+
+    Returns
+    -------
+    neighbor_keys, scores : ndarray of shape (n_queries, min(k, n_items - 1))
+        Padded with ``-1`` / ``-inf``; rows follow ``query_keys``.
+    """
+    kk = min(k, max(prep.n_items - 1, 0))
+    _check_result_size(spark, len(query_keys) * kk, "the exact top-k of a sample")
+    out_keys = np.full((len(query_keys), kk), -1, dtype=np.int64)
+    out_scores = np.full((len(query_keys), kk), -np.inf, dtype=np.float32)
+    got = exact_scan(spark, prep, query_keys, queries, k, block_bytes).toArrow()
+    qk = np.asarray(query_keys, dtype=np.int64)
+    q = got.column("key").to_numpy()
+    row = np.searchsorted(qk, q) if np.all(qk[:-1] <= qk[1:]) else _row_of(qk, q)
+    col = got.column("rank").to_numpy() - 1
+    out_keys[row, col] = got.column("nbr").to_numpy()
+    out_scores[row, col] = got.column("score").to_numpy()
     return out_keys, out_scores
+
+
+#: Bytes of one ``key, nbr, rank, score`` row brought to the driver, with Arrow's overhead.
+_RESULT_ROW_BYTES = 32
+
+
+def _check_result_size(spark: SparkSession, n_rows: int, what: str) -> None:
+    """Refuse a collect that ``spark.driver.maxResultSize`` would stop halfway, with the fix."""
+    limit = spark.sparkContext.getConf().get("spark.driver.maxResultSize", "1g")
+    limit_mb = memory_mb(limit)
+    need_mb = n_rows * _RESULT_ROW_BYTES / 2**20
+    if limit_mb > 0 and need_mb > limit_mb:
+        raise ConfigError(
+            f"{what} is {n_rows:,} rows (about {need_mb:,.0f} MB), over "
+            f"spark.driver.maxResultSize={limit}: lower the sample (--recall-sample, "
+            "--tune-sample) or raise spark.driver.maxResultSize."
+        )
 
 
 def _row_of(keys: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -1035,15 +1086,11 @@ def _collect_items(df: DataFrame, prep: Prepared) -> tuple[np.ndarray, Any]:
 
 
 def _hash_sample(prep: Prepared, seed: int, n: int) -> tuple[np.ndarray, Any]:
-    """The ``n`` items with the smallest seeded hash of their key, collected by
-    :func:`_collect_items`: a sample that depends on the data and seed alone, not on how the
-    input is partitioned. Each use passes its own seed, so samples stay independent."""
-    sample = (
-        prep.data.withColumn("_h", F.xxhash64("key", F.lit(seed)))
-        .orderBy("_h", "key")
-        .limit(min(n, prep.n_items))
-    )
-    return _collect_items(sample, prep)
+    """About ``n`` items chosen by a seeded hash threshold of their key
+    (:func:`knnspark.samples.in_sample`), collected by :func:`_collect_items`: a sample that
+    depends on the data and seed alone, and that each partition draws from its own rows. Each
+    use passes its own seed, so samples stay independent."""
+    return _collect_items(prep.data.filter(in_sample(prep.n_items, n, seed)), prep)
 
 
 def _fill_short_items(
@@ -1054,32 +1101,28 @@ def _fill_short_items(
     report: RunReport,
     kk: int,
 ) -> DataFrame:
-    """Give every item exactly ``kk`` neighbours: items whose probed buckets held too few other
-    items are searched exactly (never padded, never left short)."""
+    """Give every item exactly ``kk`` neighbours: items whose cells held too few other items
+    are searched exactly (never padded, never left short).
+
+    The short items are found by their keys alone (every key less those with a full list: no
+    vector crosses a shuffle for it); they are rare, so their keys come to the driver and their
+    vectors are fetched by a broadcast join of those keys, and their exact lists
+    (:func:`exact_scan`, merged on the executors) replace what the merge gave them.
+    """
     with stage(spark, report, "fill-short") as info:
         full = merged.filter(F.col("rank") == kk).select("key")
-        short = prep.data.join(full, on="key", how="left_anti")
-        keys, vecs = _collect_items(short, prep)
+        short_keys = prep.data.select("key").join(full, on="key", how="left_anti")
+        keys = np.sort(short_keys.toArrow().column("key").to_numpy().astype(np.int64))
         info["rows"] = len(keys)
         report.counts["n_items_searched_exactly"] = len(keys)
         if len(keys) == 0:
             return merged
-        nbr, scores = exact_topk(spark, prep, keys, vecs, kk, config.block_bytes)
-        valid = nbr >= 0
-        ranks = np.broadcast_to(np.arange(1, nbr.shape[1] + 1, dtype=np.int32), nbr.shape)
-        fill = pa.table(
-            {
-                "key": np.broadcast_to(keys[:, None], nbr.shape)[valid],
-                "nbr": nbr[valid],
-                "rank": ranks[valid],
-                "score": scores[valid],
-            }
-        )
-        fill_df = spark.createDataFrame(fill, _MERGED_SCHEMA)
         key_df = spark.createDataFrame(pa.table({"key": keys}), "key long")
+        keys, vecs = _collect_items(prep.data.join(F.broadcast(key_df), on="key"), prep)
+        fill = exact_scan(spark, prep, keys, vecs, kk, config.block_bytes)
         out = (
             merged.join(F.broadcast(key_df), on="key", how="left_anti")
-            .unionByName(fill_df)
+            .unionByName(fill)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         out.count()

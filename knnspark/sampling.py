@@ -15,7 +15,14 @@ import math
 
 import numpy as np
 
-__all__ = ["SAMPLE_SCALE", "hash_sample_rows", "kmeans_sample_rows", "spark_xxhash64"]
+__all__ = [
+    "SAMPLE_SCALE",
+    "partition_labels",
+    "sample_rows",
+    "sample_threshold",
+    "spark_murmur3_int",
+    "spark_xxhash64",
+]
 
 #: The k-means sample keeps keys whose hash modulo this falls below a threshold.
 SAMPLE_SCALE = 1 << 30
@@ -86,9 +93,13 @@ def spark_xxhash64(keys: np.ndarray, seed: int) -> np.ndarray:
     return h.view(np.int64)
 
 
-def kmeans_sample_rows(keys: np.ndarray, seed: int, sample_size: int) -> np.ndarray:
-    """Positions of the k-means sample: keys whose seeded hash modulo ``SAMPLE_SCALE`` falls
+def sample_rows(keys: np.ndarray, seed: int, sample_size: int) -> np.ndarray:
+    """Positions of a seeded sample: keys whose seeded hash modulo ``SAMPLE_SCALE`` falls
     below ``sample_size / n`` of it (about ``sample_size`` rows).
+
+    Every sample (k-means, tuning, recall, LSH parameters) is drawn this way, each use with its
+    own seed: a threshold is a filter each partition applies to its own rows, where "the n
+    smallest hashes" (``orderBy().limit()``) funnels every partition's candidates into one task.
 
     The same rows as the Spark filter ``pmod(xxhash64(key, seed), SAMPLE_SCALE) < threshold``;
     the modulus is a power of two, so ``pmod`` is the hash's low 30 bits.
@@ -103,29 +114,63 @@ def kmeans_sample_rows(keys: np.ndarray, seed: int, sample_size: int) -> np.ndar
     ndarray of shape (m,), int64
         Ascending positions in ``keys``.
     """
-    threshold = kmeans_sample_threshold(len(keys), sample_size)
+    threshold = sample_threshold(len(keys), sample_size)
     low_bits = spark_xxhash64(keys, seed) & (SAMPLE_SCALE - 1)
     return np.flatnonzero(low_bits < threshold)
 
 
-def kmeans_sample_threshold(n: int, sample_size: int) -> int:
+def sample_threshold(n: int, sample_size: int) -> int:
     """The hash threshold keeping about ``sample_size`` of ``n`` keys (all of them at most)."""
     return min(SAMPLE_SCALE, math.ceil(sample_size / max(n, 1) * SAMPLE_SCALE))
 
 
-def hash_sample_rows(keys: np.ndarray, seed: int, n: int) -> np.ndarray:
-    """Positions of the ``n`` keys with the smallest seeded hash (ties by key), ascending by key.
+def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
 
-    The same rows as Spark's ``orderBy(xxhash64(key, seed), key).limit(n)``.
+
+def spark_murmur3_int(values: np.ndarray, seed: int = _SPARK_SEED) -> np.ndarray:
+    """Spark's ``hash(col)`` (``Murmur3_x86_32.hashInt``) of an int column, as int32: what its
+    hash partitioning of that column reduces modulo the partition count.
 
     Parameters
     ----------
-    keys : ndarray of shape (m,), int64
-    seed, n : int
+    values : ndarray of shape (n,), int32
+    seed : int
 
     Returns
     -------
-    ndarray of shape (min(n, m),), int64
+    ndarray of shape (n,), int32
     """
-    order = np.lexsort((keys, spark_xxhash64(keys, seed)))[: max(n, 0)]
-    return np.sort(order)
+    with np.errstate(over="ignore"):
+        k1 = np.asarray(values, dtype=np.int32).view(np.uint32) * np.uint32(0xCC9E2D51)
+        k1 = _rotl32(k1, 15) * np.uint32(0x1B873593)
+        h1 = np.uint32(seed & 0xFFFFFFFF) ^ k1
+        h1 = _rotl32(h1, 13) * np.uint32(5) + np.uint32(0xE6546B64)
+        h1 = h1 ^ np.uint32(4)
+        h1 = (h1 ^ (h1 >> np.uint32(16))) * np.uint32(0x85EBCA6B)
+        h1 = (h1 ^ (h1 >> np.uint32(13))) * np.uint32(0xC2B2AE35)
+        h1 = h1 ^ (h1 >> np.uint32(16))
+    return h1.view(np.int32)
+
+
+def partition_labels(n: int) -> np.ndarray:
+    """Int labels, one per partition ``p`` of ``n``, that Spark's hash partitioning of an int
+    column into ``n`` partitions sends to partition ``p``: shape (n,), int32.
+
+    ``repartition(n, col)`` of rows labelled this way puts each label in a partition of its own
+    (hash partitioning of 0, 1, 2, ... would put some labels together and leave partitions
+    empty), so every cell gets a task of its own. The smallest such non-negative labels.
+    """
+    labels = np.full(n, -1, dtype=np.int64)
+    start, missing = 0, n
+    while missing:
+        cand = np.arange(start, start + 4 * n + 64, dtype=np.int64)
+        part = np.mod(spark_murmur3_int(cand.astype(np.int32)).astype(np.int64), n)
+        # The first label of each partition still missing one.
+        first = np.unique(part, return_index=True)
+        for p, i in zip(*first):
+            if labels[p] < 0:
+                labels[p] = cand[i]
+                missing -= 1
+        start += len(cand)
+    return labels.astype(np.int32)

@@ -171,7 +171,7 @@ class CellIndex:
         self.n_threads = max(1, n_threads)
         self.progress = progress
         n_clusters = params.resolve_n_clusters(m)
-        sample_rows = sampling.kmeans_sample_rows(
+        sample_rows = sampling.sample_rows(
             keys, params.seed, params.resolve_sample_size(m, n_clusters)
         )
         n_clusters = max(1, min(n_clusters, len(sample_rows)))

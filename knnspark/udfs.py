@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from knnspark import kernel, lsh, search
 from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
@@ -604,13 +603,15 @@ def cell_assign_batches(
     overlap: int,
     first_group: np.ndarray,
     n_parts: np.ndarray,
+    labels: np.ndarray,
     dim: int,
     seed: int,
 ) -> Iterator[pa.RecordBatch]:
     """One row per (item, cell it is a member of): its ``overlap`` nearest coarse cells.
 
     A cell planned larger than a task may hold is cut into ``n_parts[cell]`` parts by a seeded
-    hash of the key (never sampled down); the part's group is ``first_group[cell] + part``.
+    hash of the key (never sampled down); the part's group is ``first_group[cell] + part``,
+    and its rows carry the group's label ``labels[group]`` as ``grp``.
     The nearest cell (computed once, float64, ties by the lower index) is the item's home.
     """
     _maybe_fail("cell_assign_batches")
@@ -624,7 +625,7 @@ def cell_assign_batches(
         cells = near.ravel()
         item = np.repeat(np.arange(len(keys)), width)
         part = kernel.mix64(keys[item], seed).view(np.uint64) % n_parts[cells].astype(np.uint64)
-        grp = first_group[cells] + part.astype(np.int64)
+        grp = labels[first_group[cells] + part.astype(np.int64)]
         home = np.tile(np.arange(width) == 0, len(keys))
         for s in range(0, len(item), _OUTPUT_BATCH_ROWS):
             sl = slice(s, s + _OUTPUT_BATCH_ROWS)
@@ -668,7 +669,7 @@ def cell_topk(
         n = len(chunk)
         vecs[dest[offset : offset + n]] = list_to_matrix(chunk, dim)
         offset += n
-    n_homes = int(pc.sum(table.column("home")).as_py() or 0)
+    n_homes = int(np.count_nonzero(table.column("home").to_numpy()))
     pos, scores, info = search.search_cell(keys, vecs, params, n_threads)
     valid = pos >= 0
     out = pa.table(

@@ -124,7 +124,7 @@ def test_kmeans_recall_against_oracle(spark, clustered, driver_max, cell_max_mb)
     recall = float(np.mean(np.minimum(hits, 10))) / 10
     assert recall >= 0.9, recall
     rep = result.report.recall
-    assert rep["n_sample"] == 300
+    assert 240 <= rep["n_sample"] <= 360  # a hash-threshold sample of about 300
     # The estimate agrees with the oracle's full-table recall within its interval (widened by
     # the tolerance of float32 scoring).
     assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)

@@ -37,35 +37,36 @@ def test_hash_equals_sparks(spark, keys, keys_df, seed):
 
 @pytest.mark.parametrize("seed", [0, 3, 2**33])
 def test_samples_equal_the_spark_expressions(spark, keys, keys_df, seed):
-    from pyspark.sql import functions as F
+    from knnspark.samples import in_sample
 
     sorted_keys = np.sort(keys)
     size = 300
-    threshold = sampling.kmeans_sample_threshold(len(keys), size)
-    spark_kmeans = keys_df.filter(
-        F.pmod(F.xxhash64("key", F.lit(seed)), F.lit(sampling.SAMPLE_SCALE)) < threshold
-    ).toArrow()
-    rows = sampling.kmeans_sample_rows(sorted_keys, seed, size)
+    spark_kmeans = keys_df.filter(in_sample(len(keys), size, seed)).toArrow()
+    rows = sampling.sample_rows(sorted_keys, seed, size)
     assert np.array_equal(sorted_keys[rows], np.sort(spark_kmeans.column("key").to_numpy()))
     assert 200 < len(rows) < 400  # about `size` of 2,105 keys
-
-    spark_first = (
-        keys_df.withColumn("_h", F.xxhash64("key", F.lit(seed)))
-        .orderBy("_h", "key")
-        .limit(size)
-        .toArrow()
-    )
-    rows = sampling.hash_sample_rows(sorted_keys, seed, size)
-    assert np.array_equal(sorted_keys[rows], np.sort(spark_first.column("key").to_numpy()))
 
 
 def test_sample_sizes_at_the_edges():
     keys = np.arange(100, dtype=np.int64)
-    assert len(sampling.kmeans_sample_rows(keys, 0, 100)) == 100  # threshold = everything
-    assert len(sampling.kmeans_sample_rows(keys, 0, 10_000)) == 100
-    assert len(sampling.hash_sample_rows(keys, 0, 1000)) == 100
-    rows = sampling.hash_sample_rows(keys, 0, 10)
-    assert len(rows) == 10 and np.all(np.diff(rows) > 0)
-    assert len(sampling.hash_sample_rows(keys, 0, 0)) == 0
+    assert len(sampling.sample_rows(keys, 0, 100)) == 100  # threshold = everything
+    assert len(sampling.sample_rows(keys, 0, 10_000)) == 100
+    rows = sampling.sample_rows(keys, 0, 30)
+    assert 10 < len(rows) < 50 and np.all(np.diff(rows) > 0)
+    assert len(sampling.sample_rows(keys, 0, 0)) == 0
     # A different seed is a different sample (independent samples per use).
-    assert not np.array_equal(rows, sampling.hash_sample_rows(keys, 1, 10))
+    assert not np.array_equal(rows, sampling.sample_rows(keys, 1, 30))
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_partition_labels_give_each_label_a_spark_partition_of_its_own(spark, n):
+    from pyspark.sql import functions as F
+
+    labels = sampling.partition_labels(n)
+    df = spark.createDataFrame([(int(v),) for v in labels], "grp int")
+    # Spark's own hash of the column matches ours, and so its hash partitioning.
+    got = [r[0] for r in df.select(F.hash("grp")).collect()]
+    assert got == sampling.spark_murmur3_int(labels).tolist()
+    parts = df.repartition(n, "grp").rdd.glom().map(lambda rows: [r[0] for r in rows]).collect()
+    assert sorted(len(p) for p in parts) == [1] * n
+    assert [p[0] for p in parts] == labels.tolist()  # partition p holds label p
