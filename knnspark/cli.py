@@ -343,6 +343,7 @@ def _compute_and_publish(
 ) -> int:
     from knnspark import io
     from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
+    from knnspark.progress import group_jobs
     from knnspark.session import class_archive_in_use, driver_jit
 
     staging = staged[0]
@@ -354,6 +355,7 @@ def _compute_and_publish(
     report = result.report
     write_start = time.perf_counter()
     log.info("stage write started: %s", target)
+    write_jobs = group_jobs(spark, "knnspark-write")
     spark.sparkContext.setJobGroup("knnspark-write", "knnspark: write")
     if rejected_staging is not None and result.rejected is not None:
         io.publish_table(
@@ -372,6 +374,8 @@ def _compute_and_publish(
         report.timings["write"] = time.perf_counter() - write_start
         report.counts["n_output_rows"] = io.written_rows(spark, staging)
         report.stage_rows["write"] = report.counts["n_output_rows"]
+        report.job_ids.update(group_jobs(spark, "knnspark-write") - write_jobs)
+        report.record_shuffle(spark, report.counts.get("n_items", 0))
         return {
             "knnspark_version": __version__,
             "started_at": started.isoformat(),

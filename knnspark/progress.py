@@ -11,7 +11,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-__all__ = ["RunReport", "stage"]
+__all__ = ["RunReport", "group_jobs", "stage"]
 
 log = logging.getLogger("knnspark")
 
@@ -25,6 +25,41 @@ class RunReport:
         self.resolved: dict[str, Any] = {}
         self.recall: dict[str, Any] | None = None
         self.stage_rows: dict[str, int] = {}
+        #: Spark jobs the run's stages ran (their shuffle figures go into the manifest).
+        self.job_ids: set[int] = set()
+
+    def record_shuffle(self, spark: SparkSession, n_items: int) -> None:
+        """Shuffle bytes written and read by the run's jobs, from Spark's own task metrics
+        (its status store, summed over the jobs' stages), into ``counts``, also per item.
+
+        The status store is Spark's internal API: where it cannot be read (another Spark
+        version), the figures are left out and the log says so; nothing is estimated.
+        """
+        written = read = 0
+        try:
+            store = spark.sparkContext._jsc.sc().statusStore()
+            tracker = spark.sparkContext.statusTracker()
+            stage_ids = set()
+            for job in self.job_ids:
+                info = tracker.getJobInfo(job)
+                if info is not None:
+                    stage_ids.update(info.stageIds)
+            for sid in stage_ids:
+                try:
+                    data = store.lastStageAttempt(sid)
+                except Exception:  # noqa: BLE001 - a stage that never ran (skipped)
+                    continue
+                written += int(data.shuffleWriteBytes())
+                read += int(data.shuffleReadBytes())
+        except Exception as exc:  # noqa: BLE001 - metrics must never break a run
+            log.info("shuffle metrics unavailable: %s", exc)
+            return
+        self.counts.update(
+            shuffle_bytes_written=written,
+            shuffle_bytes_read=read,
+            shuffle_bytes_written_per_item=round(written / max(n_items, 1), 1),
+            shuffle_bytes_read_per_item=round(read / max(n_items, 1), 1),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,7 +124,9 @@ def stage(
     """
     info: dict[str, Any] = {}
     sc = spark.sparkContext
-    sc.setJobGroup(f"knnspark-{name}", f"knnspark: {name}")
+    group = f"knnspark-{name}"
+    jobs_before = group_jobs(spark, group)
+    sc.setJobGroup(group, f"knnspark: {name}")
     log.info("stage %s started", name)
     started = time.perf_counter()
     beat = _Heartbeat(spark, name, started, heartbeat_s, info)
@@ -100,9 +137,15 @@ def stage(
         beat.stop()
         elapsed = time.perf_counter() - started
         report.timings[name] = report.timings.get(name, 0.0) + elapsed
+        report.job_ids.update(group_jobs(spark, group) - jobs_before)
         sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         sc.setJobDescription(None)  # type: ignore[arg-type]
         if "rows" in info:
             report.stage_rows[name] = int(info["rows"])
         rows = f", {info['rows']:,} rows" if "rows" in info else ""
         log.info("stage %s done in %.1fs%s", name, elapsed, rows)
+
+
+def group_jobs(spark: SparkSession, group: str) -> set[int]:
+    """Ids of the Spark jobs of job group ``group`` so far."""
+    return set(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
