@@ -209,15 +209,15 @@ KNNSPARK: dict[str, list[str]] = {
     "knnspark_target_090": ["--target-recall", "0.90"],
     "knnspark_target_095": ["--target-recall", "0.95"],
     "knnspark_target_098": ["--target-recall", "0.98"],
-    "knnspark_shuffle": ["--broadcast-max-mb", "0"],
+    "knnspark_cells": ["--broadcast-max-mb", "0"],
     "knnspark_lsh": ["--method", "lsh"],
     "knnspark_10k": [],
 }
 
 TOOLS = [*KNNSPARK, *PEERS]
-#: The shuffle plan (tables larger than a worker) and LSH are slower on a table that fits;
-#: ask for them by name.
-DEFAULT_TOOLS = [t for t in TOOLS if t not in ("knnspark_shuffle", "knnspark_lsh")]
+#: Cells (the plan of tables the driver does not search) and LSH are slower on a table that
+#: fits the driver; ask for them by name.
+DEFAULT_TOOLS = [t for t in TOOLS if t not in ("knnspark_cells", "knnspark_lsh")]
 
 
 def _child(tool: str, data: str, k: int, out: str, seed: int) -> None:

@@ -382,7 +382,8 @@ def cell_candidates(
 
 
 class CellStats(AccumulatorParam):
-    """Per-group figures of the cell tasks, ``{group: (members, homes, seconds, clusters)}``.
+    """Per-group figures of the cell tasks, ``{group: (members, homes, seconds, clusters,
+    peak RSS MB)}`` (see :func:`knnspark.udfs.cell_topk`).
 
     Keyed by group, so a retried or recomputed task sets its entry again instead of adding to
     it; the driver holds one small tuple per group (counts, which may grow with the cells).
@@ -402,7 +403,7 @@ def _report_cells(stats: Any, report: RunReport) -> None:
     if not groups:
         return
     columns = zip(*groups.values())
-    members, homes, seconds, clusters = (np.array(v, dtype=np.float64) for v in columns)
+    members, homes, seconds, clusters, rss = (np.array(v, dtype=np.float64) for v in columns)
     report.resolved.update(
         cell_members_min=int(members.min()),
         cell_members_median=float(np.median(members)),
@@ -414,6 +415,7 @@ def _report_cells(stats: Any, report: RunReport) -> None:
         cell_build_s_max=round(float(seconds.max()), 3),
         cell_build_s_total=round(float(seconds.sum()), 3),
         n_cell_tasks=len(groups),
+        cell_worker_peak_rss_mb_max=round(float(rss.max()), 1),
     )
     log.info(
         "cells built: %d tasks, members min %d / median %.0f / max %d, build %.1f s median, "

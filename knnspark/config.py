@@ -112,12 +112,10 @@ class KnnConfig:
         n_probe 8, one round) the best 4 reach recall 0.89 in 55% of the time all 10 take to
         reach 0.91.
     broadcast_max_mb : int
-        The k-means search holds every unit vector in each Python worker (the in-memory plan)
-        when ``n_items x dim x 4`` bytes fit this budget; larger tables use the shuffle plan
-        (query vectors shipped to the buckets they probe, candidates merged by a shuffle).
-        0 always shuffles. The plan also stays within a quarter of ``spark.driver.memory`` and,
-        when set, a third of ``spark.executor.pyspark.memory`` (the driver and each Python
-        worker hold the vectors); the manifest's ``resolved.plan`` says which plan ran.
+        The driver searches a table as one cell (in local mode; on a cluster up to
+        ``driver_search_max_items``) when its ``n_items x dim x 4`` bytes fit this budget and
+        a quarter of ``spark.driver.memory``; other tables are cut into cells. 0 always cuts.
+        The manifest's ``resolved.plan`` says which ran (``in-memory`` or ``cells``).
     cell_max_mb : float or None
         Tables larger than one process are cut into *cells* by a coarse spherical k-means, and
         each cell is searched by one Spark task with the single-node search (fine k-means,
@@ -239,8 +237,8 @@ class KnnConfig:
         The default is a constant 10 (or every cluster, when there are fewer): the work per item
         is then ``10 x target_bucket_size`` pairs whatever the table size, so run time grows
         linearly with the number of items. Measured recall@10 at this default: 0.98 on the real
-        384-d word embeddings with the in-memory plan's two refinement rounds, 0.91 with the
-        shuffle plan's reverse candidates; 0.998 on clustered synthetic tables (see the README).
+        384-d word embeddings with two refinement rounds in one cell; 0.998 on clustered
+        synthetic tables (see the README).
         """
         if self.n_probe is not None:
             return min(self.n_probe, n_clusters)

@@ -48,8 +48,10 @@ OUTPUT_COLUMNS = ("item_id", "neighbor_id", "rank", "score")
 _LONG_ID_TYPES = (T.LongType, T.IntegerType, T.ShortType, T.ByteType)
 _CANDIDATE_SCHEMA = "key long, nbr long, score float"
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
-#: Rows of candidates one merge group holds (about 20 bytes each).
-_MERGE_GROUP_ROWS = 1_000_000
+#: Rows of candidates one merge group holds (about 20 bytes each, and the sort's temporaries
+#: several times that: a Python worker's peak at a million rows was set by the merge, not by
+#: its cell, and it grew with the table until the groups reached this size).
+_MERGE_GROUP_ROWS = 250_000
 #: Queries broadcast at once by an exact scan (recall sample, items short of k).
 _SCAN_QUERIES = 20_000
 _N_EXAMPLES = 5

@@ -9,6 +9,8 @@ call them on hand-made Arrow batches without Spark.
 from __future__ import annotations
 
 import os
+import resource
+import sys
 import time
 from collections.abc import Iterator
 
@@ -681,7 +683,13 @@ def cell_topk(
     )
     if stats is not None:
         group = int(_column(table, "grp")[0].as_py()) if len(keys) else -1
-        stats.add(
-            {group: (len(keys), n_homes, time.perf_counter() - started, info["n_clusters"])}
-        )
+        seconds = time.perf_counter() - started
+        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb())})
     return out
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (a reused Python worker: of every
+    task it ran)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
