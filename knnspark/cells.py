@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,14 +36,16 @@ from knnspark.kmeans import fit_spherical_kmeans, nearest_centroids
 from knnspark.progress import RunReport, stage
 from knnspark.samples import in_sample
 from knnspark.search import CellSearch
-from knnspark.session import memory_mb
+from knnspark.session import is_local_master, local_cores, memory_mb
 
 __all__ = ["CellPlan", "cell_budget_mb", "cell_candidates", "plan_cells"]
 
 log = logging.getLogger("knnspark")
 
-#: Default cell budget (MB of float32 unit vectors) without a Python memory cap.
+#: Default cell budget (MB of float32 unit vectors) on a cluster without a Python memory cap.
 DEFAULT_CELL_MAX_MB = 512.0
+#: Most MB of vectors a local-mode cell takes by default (its task holds it about three times).
+LOCAL_CELL_MAX_MB = 2048.0
 #: Share of a task's Python memory a cell's vectors may take (the task holds them about three
 #: times over: Arrow rows, the float32 matrix, its blocks' gathers; plus the graph).
 CELL_SHARE_OF_TASK_MEMORY = 0.25
@@ -66,7 +69,11 @@ def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
     ``cell_max_mb`` when given. Otherwise, when ``spark.executor.pyspark.memory`` caps the
     Python workers: Spark divides that cap among the executor's concurrently running tasks
     (``spark.executor.cores / spark.task.cpus``), and a cell takes a quarter of one task's
-    share. Without a cap, 512 MB.
+    share. Without a cap, in local mode, the machine's memory is what the tasks share: a
+    quarter of its share per concurrent task, at most :data:`LOCAL_CELL_MAX_MB` (24 GiB and
+    2 tasks: 2 GB, so a 1M x 384 table is 3 cells, where 512 MB cells would make 12, and
+    true neighbours share a cell far less often: docs/scale.md). On a cluster without a cap,
+    512 MB.
     """
     if config.cell_max_mb is not None:
         return float(config.cell_max_mb), "cell_max_mb"
@@ -80,7 +87,25 @@ def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
             per_task * CELL_SHARE_OF_TASK_MEMORY,
             f"spark.executor.pyspark.memory / {slots} tasks x {CELL_SHARE_OF_TASK_MEMORY}",
         )
+    master = spark.sparkContext.master
+    physical = physical_memory_mb()
+    if is_local_master(master) and physical:
+        slots = max(1, local_cores(master) // task_cpus(spark))
+        share = physical / slots * CELL_SHARE_OF_TASK_MEMORY
+        return (
+            min(LOCAL_CELL_MAX_MB, share),
+            f"local: machine memory / {slots} tasks x {CELL_SHARE_OF_TASK_MEMORY}, at most "
+            f"{LOCAL_CELL_MAX_MB:.0f}",
+        )
     return DEFAULT_CELL_MAX_MB, "default"
+
+
+def physical_memory_mb() -> float | None:
+    """This machine's memory in MB, where the OS tells it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

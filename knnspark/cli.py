@@ -118,12 +118,19 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--cell-max-mb",
         type=float,
         help="most MB of float32 vectors one cell (one Spark task) holds; larger tables are cut "
-        "into cells (default: a quarter of a task's spark.executor.pyspark.memory, else 512)",
+        "into cells (default: a quarter of a task's share of spark.executor.pyspark.memory; in "
+        "local mode without it a quarter of the machine's memory per task, at most 2048; "
+        "else 512)",
     )
     p.add_argument(
         "--overlap",
         type=int,
         help="cells each item is a member of, its nearest ones (default 2)",
+    )
+    p.add_argument(
+        "--cross-cell-rounds",
+        type=int,
+        help="refinement rounds across cells after the merge, as Spark joins (default 0)",
     )
     p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
     p.add_argument(

@@ -120,15 +120,24 @@ class KnnConfig:
         Tables larger than one process are cut into *cells* by a coarse spherical k-means, and
         each cell is searched by one Spark task with the single-node search (fine k-means,
         probes, refinement rounds). A cell holds at most this many MB of float32 unit vectors;
-        a cell the k-means sample predicts larger is cut into hash parts. ``None``: a quarter
-        of one task's Python memory when ``spark.executor.pyspark.memory`` is set (Spark
-        divides it among the executor's concurrent tasks), else 512 MB (about 350k x 384).
+        a cell the k-means sample predicts larger is re-clustered, then cut into hash parts.
+        ``None``: a quarter of one task's Python memory when ``spark.executor.pyspark.memory``
+        is set (Spark divides it among the executor's concurrent tasks); in local mode without
+        it, a quarter of the machine's memory per concurrent task, at most 2048 MB; else 512
+        MB (about 350k x 384).
         A task holds the cell about three times over (Arrow rows, the float32 matrix, the
         gathers of its blocks) plus the graph.
     overlap : int
         Cells each item is a member of (its nearest ones); the item's lists from each are
         merged. 1 is a plain partition: items near a cell's border then lose the neighbours
         across it.
+    cross_cell_rounds : int
+        After the cells' lists are merged, rounds of neighbour-of-neighbour refinement across
+        cells, as Spark joins: the members of each item's set (its best ``refine_fanout``
+        neighbours, default 4 here, and up to as many items that list it) become candidates
+        of each other, their vectors shuffled to the item. Finds the neighbours that no
+        common cell held (docs/scale.md); costs about ``2 x fanout`` vectors shuffled per
+        item per round.
     driver_search_max_items : int or None
         In the in-memory plan, tables of up to this many items are searched by the driver
         itself, with the same functions and blocks as the Python workers (so the same table),
@@ -180,6 +189,7 @@ class KnnConfig:
     broadcast_max_mb: int = 512
     cell_max_mb: float | None = None
     overlap: int = 2
+    cross_cell_rounds: int = 0
     driver_search_max_items: int | None = None
     on_invalid: str = "error"
     recall_sample: int = 1000
@@ -330,6 +340,7 @@ _CONSTRAINTS = {
     "broadcast_max_mb": _int_range(0),
     "cell_max_mb": _positive_or_unset,
     "overlap": _int_range(1, 8),
+    "cross_cell_rounds": _int_range(0, 5),
     "driver_search_max_items": _int_range(0, optional=True),
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),

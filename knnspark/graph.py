@@ -26,6 +26,7 @@ import numpy as np
 from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _rescore, _select_topk, query_block_rows
 
 __all__ = [
+    "pivot_pairs",
     "fresh_entries",
     "round_flags",
     "merge_graphs",
@@ -398,3 +399,56 @@ def merge_graphs(
     first = np.ones(len(row), dtype=bool)
     first[1:] = (row[1:] != row[:-1]) | (pos[1:] != pos[:-1])
     return top_per_group(row[first], pos[first], score[first], n, k)
+
+
+def pivot_pairs(
+    pivot: np.ndarray, member: np.ndarray, vecs: np.ndarray, bar: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The NN-descent local join across cells: every two members of one pivot's set are
+    candidates of each other (neighbours of a common neighbour are likely neighbours).
+
+    Parameters
+    ----------
+    pivot, member : ndarray of shape (r,), int64
+        Rows ``(pivot, member)``: ``member`` is in the set of ``pivot`` (its best neighbours and
+        the items that list it among theirs); sorted by (pivot, member), no repeats.
+    vecs : ndarray of shape (r, d), float32
+        Each row's member's unit vector.
+    bar : ndarray of shape (r,), float32
+        Each row's member's current k-th score (``-inf`` when it has fewer than k): a pair
+        below it cannot enter that member's list, so it is not returned.
+
+    Returns
+    -------
+    key, nbr : ndarray of shape (c,), int64
+        Candidate pairs (``nbr`` for ``key``), both directions, never an item with itself.
+    score : ndarray of shape (c,), float32
+        The pairs' float64 re-scores (:func:`knnspark.kernel._rescore`: the value every other
+        step gives the same pair).
+    """
+    r = len(pivot)
+    if r == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    starts = np.flatnonzero(np.r_[True, pivot[1:] != pivot[:-1]])
+    sizes = np.diff(np.r_[starts, r])
+    # Every ordered pair (i, j), i != j, inside each pivot's run of rows.
+    squares = sizes * sizes
+    first = np.repeat(starts, squares)
+    offset = np.arange(len(first)) - np.repeat(np.cumsum(squares) - squares, squares)
+    size = np.repeat(sizes, squares)
+    a = first + offset // size
+    b = first + offset % size
+    keep = member[a] != member[b]
+    a, b = a[keep], b[keep]
+    scores = np.empty(len(a), dtype=np.float32)
+    one = np.ones((_PAIR_ROWS, 1), dtype=bool)
+    for s in range(0, len(a), _PAIR_ROWS):  # bounds the gathered vectors
+        sa, sb = a[s : s + _PAIR_ROWS], b[s : s + _PAIR_ROWS]
+        scores[s : s + len(sa)] = _rescore(vecs[sa], vecs, sb[:, None], one[: len(sa)])[:, 0]
+    hit = scores >= bar[a]
+    return member[a[hit]], member[b[hit]], scores[hit]
+
+
+#: Pairs of :func:`pivot_pairs` scored at a time.
+_PAIR_ROWS = 16384

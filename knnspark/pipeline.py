@@ -188,6 +188,8 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             merged = _merge(spark, cands, max_rows, config, report)
             if after_merge is not None:
                 after_merge()
+                for r in range(1, config.cross_cell_rounds + 1):
+                    merged = _cross_cell_round(spark, merged, prep, config, report, kk, r)
             for df_ in staged:
                 df_.unpersist()
             if config.resolved_method != "exact":
@@ -976,6 +978,72 @@ def _merge(
     report.counts["n_candidate_merge_groups"] = n_groups
     report.counts["n_candidates_max"] = max_rows
     return merged
+
+
+#: Neighbours of an item whose lists a cross-cell round joins (and as many reverse ones).
+CROSS_CELL_FANOUT = 4
+
+
+def _cross_cell_round(
+    spark: SparkSession,
+    merged: DataFrame,
+    prep: Prepared,
+    config: KnnConfig,
+    report: RunReport,
+    kk: int,
+    r: int,
+) -> DataFrame:
+    """One NN-descent round across cells, as Spark joins (see :func:`graph.pivot_pairs`).
+
+    Each item ``u`` is a pivot whose set is its best ``fanout`` neighbours and up to as many
+    items that list ``u`` among their best ``fanout`` (the best by score, so a hub's set stays
+    bounded); the set's members' vectors are joined to it and, in one UDF call per hash group
+    of pivots, every two members are scored as candidates of each other. Pairs below a
+    member's current k-th score are dropped there; the rest are merged with the lists.
+    """
+    fanout = min(kk, config.refine_fanout or CROSS_CELL_FANOUT)
+    with stage(spark, report, f"cross-cell-{r}") as info:
+        top = merged.filter(F.col("rank") <= fanout)
+        fwd = top.select(F.col("key").alias("pivot"), F.col("nbr").alias("member"), "score")
+        rev = top.select(F.col("nbr").alias("pivot"), F.col("key").alias("member"), "score")
+        by_score = Window.partitionBy("pivot").orderBy(F.desc("score"), F.asc("member"))
+        members = (
+            fwd.unionByName(rev)
+            .groupBy("pivot", "member")
+            .agg(F.max("score").alias("score"))
+            .withColumn("_r", F.row_number().over(by_score))
+            .filter(F.col("_r") <= 2 * fanout)
+        )
+        bars = merged.filter(F.col("rank") == kk).select(
+            F.col("key").alias("member"), F.col("score").alias("bar")
+        )
+        rows = (
+            members.join(prep.data.withColumnRenamed("key", "member"), on="member")
+            .join(bars, on="member", how="left")
+            .select(
+                "pivot", "member", "vec",
+                F.coalesce(F.col("bar"), F.lit(float("-inf"))).cast("float").alias("bar"),
+            )
+        )  # fmt: skip
+        pairs_per_pivot = 2 * fanout * (2 * fanout - 1)
+        n_groups = max(1, math.ceil(prep.n_items * pairs_per_pivot / _MERGE_GROUP_ROWS))
+        cands = rows.groupBy(F.pmod(F.xxhash64("pivot"), F.lit(n_groups)).alias("_g")).applyInArrow(
+            _table_udf(udfs.pivot_pairs_table, dim=prep.dim), _CANDIDATE_SCHEMA
+        )
+        old = merged.select("key", "nbr", "score")
+        max_rows = prep.n_items * (kk + pairs_per_pivot)
+        n_merge = max(1, math.ceil(max_rows / _MERGE_GROUP_ROWS))
+        out = (
+            cands.unionByName(old)
+            .groupBy(F.pmod(F.xxhash64("key"), F.lit(n_merge)).alias("_g"))
+            .applyInArrow(_table_udf(udfs.merge_table, k=config.k), _MERGED_SCHEMA)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        info["rows"] = out.count()
+        merged.unpersist()
+    report.resolved["cross_cell_rounds"] = r
+    report.resolved["cross_cell_fanout"] = fanout
+    return out
 
 
 # --------------------------------------------------------------------------- exact scans

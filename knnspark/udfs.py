@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from knnspark import kernel, lsh, search
+from knnspark import graph, kernel, lsh, search
 from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
 from knnspark.jaccard import Sets, topk_jaccard
 from knnspark.kmeans import nearest_centroids
@@ -27,6 +27,7 @@ __all__ = [
     "assign_batches",
     "bucket_topk",
     "cell_assign_batches",
+    "pivot_pairs_table",
     "cell_topk",
     "list_to_matrix",
     "list_to_sets",
@@ -693,3 +694,20 @@ def _peak_rss_mb() -> float:
     task it ran)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
+
+
+def pivot_pairs_table(table: pa.Table, dim: int) -> pa.Table:
+    """Candidate pairs ``(key, nbr, score)`` of the pivots of one group (rows ``pivot,
+    member, vec, bar``; see :func:`knnspark.graph.pivot_pairs`), in an order that depends on
+    the rows alone, not on the order Spark delivers them in."""
+    _maybe_fail("pivot_pairs_table")
+    pivot = _column(table, "pivot").to_numpy().astype(np.int64)
+    member = _column(table, "member").to_numpy().astype(np.int64)
+    order = np.lexsort((member, pivot))
+    vecs = np.concatenate(
+        [list_to_matrix(c, dim) for c in table.column("vec").chunks]
+        or [np.zeros((0, dim), np.float32)]
+    )[order]
+    bar = _column(table, "bar").to_numpy().astype(np.float32)[order]
+    key, nbr, score = graph.pivot_pairs(pivot[order], member[order], vecs, bar)
+    return pa.table({"key": key, "nbr": nbr, "score": score})
