@@ -63,6 +63,17 @@ def task_cpus(spark: SparkSession) -> int:
     return max(1, int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
 
 
+def cell_threads(spark: SparkSession, n_groups: int) -> int:
+    """Threads of one cell task's search: ``spark.task.cpus`` on a cluster; in local mode the
+    machine's cores shared by the cell tasks that run at once (one cell: every core, as the
+    driver's search would use)."""
+    master = spark.sparkContext.master
+    if is_local_master(master):
+        cores = local_cores(master)
+        return max(task_cpus(spark), cores // max(1, min(n_groups, cores)))
+    return task_cpus(spark)
+
+
 def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
     """Most MB of vectors one cell may hold, and what set it.
 
@@ -150,6 +161,15 @@ class CellPlan:
         return int(self.n_parts.sum())
 
 
+def cells_wanted(n_items: int, max_members: int, overlap: int) -> int:
+    """Coarse cells for a table: one when it fits a cell (a table that fits one cell is one
+    cell: a second would hold it all again at overlap 2), else enough for ``overlap``
+    memberships per item at :data:`CELL_FILL` of the cap."""
+    if n_items <= max_members:
+        return 1
+    return max(overlap + 1, math.ceil(overlap * n_items / (CELL_FILL * max_members)))
+
+
 #: Rounds of re-clustering an oversized cell before what is left over is cut into hash parts.
 MAX_SPLIT_ROUNDS = 3
 
@@ -185,7 +205,7 @@ def plan_cells(
     config : KnnConfig
         ``kmeans_iter`` and ``seed``.
     """
-    n_cells = max(1, math.ceil(overlap * n_items / (CELL_FILL * max_members)))
+    n_cells = cells_wanted(n_items, max_members, overlap)
     n_cells = min(n_cells, max(1, len(x) // 40))  # at least 40 sample rows per centroid
     centroids = fit_spherical_kmeans(x, n_cells, n_iter=config.kmeans_iter, seed=config.seed)
     overlap = min(overlap, len(centroids))
@@ -338,8 +358,8 @@ def cell_candidates(
     max_members = max(kk + 1, int(budget_mb * 2**20 // (dim * 4)))
     overlap = config.overlap
     with stage(spark, report, "sample") as info:
-        n_cells_wanted = max(1, math.ceil(overlap * n_items / (CELL_FILL * max_members)))
-        size = min(n_items, max(10_000, SAMPLE_PER_CELL * n_cells_wanted))
+        wanted = cells_wanted(n_items, max_members, overlap)
+        size = min(n_items, max(10_000, SAMPLE_PER_CELL * wanted))
         x = _sample(spark, data, n_items, dim, size, config.seed)
         info["rows"] = len(x)
     with stage(spark, report, "cells") as info:
@@ -362,7 +382,7 @@ def cell_candidates(
         cell_max_mb_from=why,
         cell_max_members=max_members,
         kmeans_sample_rows=int(len(x)),
-        cell_threads=task_cpus(spark),
+        cell_threads=cell_threads(spark, plan.n_groups),
     )
     bc = spark.sparkContext.broadcast(
         (plan.centroids, plan.overlap, plan.first_group, plan.n_parts, plan.labels)
@@ -390,7 +410,8 @@ def cell_candidates(
     )  # fmt: skip
     stats = spark.sparkContext.accumulator({}, CellStats())
     search_fn = functools.partial(
-        udfs.cell_topk, params=params, dim=dim, n_threads=task_cpus(spark), stats=stats
+        udfs.cell_topk, params=params, dim=dim, n_threads=cell_threads(spark, plan.n_groups),
+        stats=stats,
     )
 
     def search(table: pa.Table) -> pa.Table:  # applyInArrow reads the kind from the hints

@@ -965,19 +965,26 @@ def _merge(
     config: KnnConfig,
     report: RunReport,
 ) -> DataFrame:
-    # Items are hashed into merge groups small enough for one Python worker; the bound counts
-    # chunk replication, so a skewed (split) cluster gets proportionally more groups.
-    n_groups = max(1, math.ceil(max_rows / _MERGE_GROUP_ROWS))
     with stage(spark, report, "topk+merge") as info:
-        merged = (
-            cands.groupBy(F.pmod(F.xxhash64("key"), F.lit(n_groups)).alias("_g"))
-            .applyInArrow(_table_udf(udfs.merge_table, k=config.k), _MERGED_SCHEMA)
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
+        merged = _merged_lists(cands, max_rows, config.k)
         info["rows"] = merged.count()
-    report.counts["n_candidate_merge_groups"] = n_groups
+    report.counts["n_candidate_merge_groups"] = max(1, math.ceil(max_rows / _MERGE_GROUP_ROWS))
     report.counts["n_candidates_max"] = max_rows
     return merged
+
+
+def _merged_lists(cands: DataFrame, max_rows: int, k: int) -> DataFrame:
+    """Candidate rows ``key, nbr, score`` merged into each key's top-k (persisted, lazy).
+
+    Items are hashed into merge groups small enough for one Python worker; the bound counts
+    chunk replication, so a skewed (split) cluster gets proportionally more groups.
+    """
+    n_groups = max(1, math.ceil(max_rows / _MERGE_GROUP_ROWS))
+    return (
+        cands.groupBy(F.pmod(F.xxhash64("key"), F.lit(n_groups)).alias("_g"))
+        .applyInArrow(_table_udf(udfs.merge_table, k=k), _MERGED_SCHEMA)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
 
 
 #: Neighbours of an item whose lists a cross-cell round joins (and as many reverse ones).
@@ -1031,14 +1038,7 @@ def _cross_cell_round(
             _table_udf(udfs.pivot_pairs_table, dim=prep.dim), _CANDIDATE_SCHEMA
         )
         old = merged.select("key", "nbr", "score")
-        max_rows = prep.n_items * (kk + pairs_per_pivot)
-        n_merge = max(1, math.ceil(max_rows / _MERGE_GROUP_ROWS))
-        out = (
-            cands.unionByName(old)
-            .groupBy(F.pmod(F.xxhash64("key"), F.lit(n_merge)).alias("_g"))
-            .applyInArrow(_table_udf(udfs.merge_table, k=config.k), _MERGED_SCHEMA)
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
+        out = _merged_lists(cands.unionByName(old), prep.n_items * (kk + pairs_per_pivot), config.k)
         info["rows"] = out.count()
         merged.unpersist()
     report.resolved["cross_cell_rounds"] = r
