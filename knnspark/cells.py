@@ -366,6 +366,7 @@ def cell_candidates(
         plan = plan_cells(x, n_items, max_members, overlap, config)
         info["rows"] = plan.n_cells
     est = plan.estimated_members
+    n_threads = cell_threads(spark, plan.n_groups)
     log.info(
         "cells: %d coarse cells (cap %d members = %.0f MB, %s), overlap %d; members per cell "
         "estimated min %.0f / median %.0f / max %.0f; %d cut into parts (%d groups)",
@@ -382,7 +383,7 @@ def cell_candidates(
         cell_max_mb_from=why,
         cell_max_members=max_members,
         kmeans_sample_rows=int(len(x)),
-        cell_threads=cell_threads(spark, plan.n_groups),
+        cell_threads=n_threads,
     )
     bc = spark.sparkContext.broadcast(
         (plan.centroids, plan.overlap, plan.first_group, plan.n_parts, plan.labels)
@@ -410,8 +411,7 @@ def cell_candidates(
     )  # fmt: skip
     stats = spark.sparkContext.accumulator({}, CellStats())
     search_fn = functools.partial(
-        udfs.cell_topk, params=params, dim=dim, n_threads=cell_threads(spark, plan.n_groups),
-        stats=stats,
+        udfs.cell_topk, params=params, dim=dim, n_threads=n_threads, stats=stats
     )
 
     def search(table: pa.Table) -> pa.Table:  # applyInArrow reads the kind from the hints
