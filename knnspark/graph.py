@@ -1,7 +1,7 @@
 """Pure numpy search over an in-memory item matrix: probed top-k and graph refinement.
 
-Used when the unit vectors fit a worker's memory (``broadcast_max_mb``): every Python worker
-holds the whole matrix, each Spark task takes a block of queries, and nothing but results moves.
+Used by the cell search (:mod:`knnspark.search`) over one cell's members, on the driver or in
+the cell's Spark task, and by the cross-cell rounds (:func:`pivot_pairs`).
 
 Items are addressed by their *position* in key order (``vecs[i]`` is the item with the i-th
 smallest key), so "lower position" is "lower key" and every tie below breaks exactly like the
