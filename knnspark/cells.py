@@ -178,7 +178,8 @@ def _memberships(
     x: np.ndarray, centroids: np.ndarray, overlap: int, n_items: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The sample's member cells (shape (s, overlap)) and the members per cell they predict."""
-    near = nearest_centroids(x, centroids, overlap)
+    # The overlap asked for, as far as there are cells (a split can add cells to one).
+    near = nearest_centroids(x, centroids, min(overlap, len(centroids)))
     estimated = np.bincount(near.ravel(), minlength=len(centroids)) * (n_items / max(len(x), 1))
     return near, estimated
 
@@ -208,10 +209,11 @@ def plan_cells(
     n_cells = cells_wanted(n_items, max_members, overlap)
     n_cells = min(n_cells, max(1, len(x) // 40))  # at least 40 sample rows per centroid
     centroids = fit_spherical_kmeans(x, n_cells, n_iter=config.kmeans_iter, seed=config.seed)
-    overlap = min(overlap, len(centroids))
     near, estimated = _memberships(x, centroids, overlap, n_items)
     for r in range(MAX_SPLIT_ROUNDS):
-        over = np.flatnonzero(estimated * SPLIT_MARGIN > max_members)
+        # One cell holds every row: its count is exact, no margin for a sample's error.
+        margin = SPLIT_MARGIN if len(centroids) > 1 else 1.0
+        over = np.flatnonzero(estimated * margin > max_members)
         pieces = []
         for c in over:
             rows = np.flatnonzero((near == c).any(axis=1))
@@ -228,7 +230,8 @@ def plan_cells(
         keep = [centroids[c : c + 1] for c in range(len(centroids)) if c not in split]
         centroids = np.concatenate(keep + [sub for _, sub in pieces]).astype(np.float32)
         near, estimated = _memberships(x, centroids, overlap, n_items)
-    n_parts = np.maximum(1, np.ceil(estimated * SPLIT_MARGIN / max_members)).astype(np.int64)
+    margin = SPLIT_MARGIN if len(centroids) > 1 else 1.0
+    n_parts = np.maximum(1, np.ceil(estimated * margin / max_members)).astype(np.int64)
     first_group = np.concatenate([[0], np.cumsum(n_parts)[:-1]]).astype(np.int64)
     group_size = np.repeat(estimated / n_parts, n_parts)
     largest_first = np.argsort(-group_size, kind="stable")
@@ -236,7 +239,7 @@ def plan_cells(
     labels[largest_first] = sampling.partition_labels(len(group_size))
     return CellPlan(
         centroids=centroids,
-        overlap=overlap,
+        overlap=min(overlap, len(centroids)),
         n_parts=n_parts,
         first_group=first_group,
         labels=labels,

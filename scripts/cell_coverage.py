@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--overlap", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--sample", type=int, default=2000)
+    p.add_argument("--margin", type=float, nargs="+", default=[None],
+                   help="join a further near cell only within this cosine of the nearest")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     x, _ = kernel.l2_normalize(np.load(args.npy).astype(np.float32))
@@ -41,14 +43,20 @@ def main() -> None:
     for n_cells in args.cells:
         sample = x[rng.choice(n, min(n, max(10_000, 100 * n_cells)), replace=False)]
         centroids = fit_spherical_kmeans(sample, n_cells, seed=args.seed)
-        for overlap in args.overlap:
-            near = nearest_centroids(x, centroids, overlap)
+        for overlap, margin in [(o, m) for o in args.overlap for m in args.margin]:
+            near = nearest_centroids(x, centroids, overlap).astype(np.int64)
             member = np.zeros((n, n_cells), dtype=bool)
-            np.put_along_axis(member, near.astype(np.int64), True, axis=1)
+            if margin is None:
+                np.put_along_axis(member, near, True, axis=1)
+            else:
+                sc = np.einsum("nd,nod->no", x, centroids[near])
+                keep = sc >= sc[:, :1] - margin
+                rows = np.repeat(np.arange(n), overlap)[keep.ravel()]
+                member[rows, near.ravel()[keep.ravel()]] = True
             shared = (member[q][:, None, :] & member[nbr]).any(axis=2)
             home = near[:, 0]
             via_home = member[nbr, home[q][:, None]] | member[q[:, None], home[nbr]]
-            print(f"| {n_cells} | {overlap} | {member.sum() / n:.2f} | {shared.mean():.4f} | "
+            print(f"| {n_cells} | {overlap} {margin} | {member.sum() / n:.2f} | {shared.mean():.4f} | "
                   f"{via_home.mean():.4f} |", flush=True)  # fmt: skip
 
 
