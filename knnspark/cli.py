@@ -104,8 +104,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--broadcast-max-mb",
         type=int,
-        help="largest vector table (n x dim x 4 bytes, in MB) searched in memory by every "
-        "Python worker; larger ones are shuffled (default 512, 0 = always shuffle)",
+        help="largest vector table (n x dim x 4 bytes, in MB) the driver searches as one cell "
+        "(default: in local mode what one cell may hold, see --cell-max-mb; 512 on a cluster; "
+        "also at most a quarter of spark.driver.memory unless pyarrow reads local Parquet); "
+        "larger ones are cut into cells (0 = always cells)",
     )
     p.add_argument(
         "--driver-search-max-items",

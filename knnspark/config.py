@@ -111,10 +111,13 @@ class KnnConfig:
         all ``k``). Fewer cost less for a little recall: on the real word embeddings (k = 10,
         n_probe 8, one round) the best 4 reach recall 0.89 in 55% of the time all 10 take to
         reach 0.91.
-    broadcast_max_mb : int
+    broadcast_max_mb : int or None
         The driver searches a table as one cell (in local mode; on a cluster up to
-        ``driver_search_max_items``) when its ``n_items x dim x 4`` bytes fit this budget and
-        a quarter of ``spark.driver.memory``; other tables are cut into cells. 0 always cuts.
+        ``driver_search_max_items``) when its ``n_items x dim x 4`` bytes fit this budget, and
+        a quarter of ``spark.driver.memory`` when the rows reach the driver through the JVM
+        (any input but local Parquet files, which pyarrow reads); other tables are cut into
+        cells. ``None``: in local mode what one cell may hold (``cell_max_mb``'s rule: the
+        driver's machine is where the cell's task would run), on a cluster 512. 0 always cuts.
         The manifest's ``resolved.plan`` says which ran (``in-memory`` or ``cells``).
     cell_max_mb : float or None
         Tables larger than one process are cut into *cells* by a coarse spherical k-means, and
@@ -186,7 +189,7 @@ class KnnConfig:
     n_perm: int = 128
     n_refine: int | None = None
     refine_fanout: int | None = None
-    broadcast_max_mb: int = 512
+    broadcast_max_mb: int | None = None
     cell_max_mb: float | None = None
     overlap: int = 2
     cross_cell_rounds: int = 0
@@ -337,7 +340,7 @@ _CONSTRAINTS = {
     "n_perm": _int_range(2, 4096),
     "n_refine": _int_range(0, 20, optional=True),
     "refine_fanout": _int_range(1, optional=True),
-    "broadcast_max_mb": _int_range(0),
+    "broadcast_max_mb": _int_range(0, optional=True),
     "cell_max_mb": _positive_or_unset,
     "overlap": _int_range(1, 8),
     "cross_cell_rounds": _int_range(0, 5),

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from knnspark import sampling, search, udfs
+from knnspark.cells import cell_budget_mb
 from knnspark.config import KnnConfig
 from knnspark.progress import RunReport, stage
 from knnspark.session import is_local_master, local_cores, memory_mb
@@ -43,22 +44,43 @@ EMIT_TASK_ROWS = 250_000
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
 
 
-def memory_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
-    """The largest vector table (MB) the driver searches as one cell, and what sets that limit:
-    ``broadcast_max_mb``, and a quarter of ``spark.driver.memory`` (the driver holds the
-    vectors: its JVM the Arrow copy of the read, then the Python side and the graph)."""
-    conf = spark.sparkContext.getConf()
-    driver = memory_mb(conf.get("spark.driver.memory", "1g"))
-    return min(
-        (float(config.broadcast_max_mb), "broadcast_max_mb"),
-        (driver / 4, "spark.driver.memory / 4"),
-    )
+#: The driver's one-cell budget on a cluster when ``broadcast_max_mb`` is unset.
+CLUSTER_DRIVER_MAX_MB = 512.0
 
 
-def fits_in_memory(spark: SparkSession, n_items: int, dim: int, config: KnnConfig) -> bool:
-    """Whether the float32 unit vectors fit the in-memory plan's budget (logged either way)."""
+def memory_budget_mb(
+    spark: SparkSession, config: KnnConfig, through_jvm: bool = True
+) -> tuple[float, str]:
+    """The largest vector table (MB) the driver searches as one cell, and what sets that limit.
+
+    ``broadcast_max_mb`` when given. Otherwise, in local mode, what one cell may hold
+    (:func:`knnspark.cells.cell_budget_mb`): the driver's machine is the one the cell task
+    would run on, so a table that fits one cell is searched there (884k x 384 on 24 GiB: the
+    driver instead of one Spark task, see docs/scale.md); on a cluster
+    :data:`CLUSTER_DRIVER_MAX_MB`. When the rows come to the driver through the JVM (any input
+    but local Parquet files, which pyarrow reads), also a quarter of ``spark.driver.memory``:
+    the JVM holds their Arrow copy.
+    """
+    if config.broadcast_max_mb is not None:
+        limits = [(float(config.broadcast_max_mb), "broadcast_max_mb")]
+    elif is_local_master(spark.sparkContext.master):
+        mb, why = cell_budget_mb(spark, config)
+        limits = [(mb, f"one cell: {why}")]
+    else:
+        limits = [(CLUSTER_DRIVER_MAX_MB, "default on a cluster")]
+    if through_jvm:
+        conf = spark.sparkContext.getConf()
+        driver = memory_mb(conf.get("spark.driver.memory", "1g"))
+        limits.append((driver / 4, "spark.driver.memory / 4"))
+    return min(limits)
+
+
+def fits_in_memory(
+    spark: SparkSession, n_items: int, dim: int, config: KnnConfig, through_jvm: bool = True
+) -> bool:
+    """Whether the float32 unit vectors fit the driver's one-cell budget (logged if not)."""
     need = n_items * dim * 4 / 2**20
-    budget, reason = memory_budget_mb(spark, config)
+    budget, reason = memory_budget_mb(spark, config, through_jvm)
     if need <= budget:
         return True
     log.info(

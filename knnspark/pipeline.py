@@ -532,7 +532,7 @@ def prepare_on_driver(
         if (
             n_rows < 2
             or dim < 1
-            or not inmemory.fits_in_memory(spark, n_rows, dim, config)
+            or not inmemory.fits_in_memory(spark, n_rows, dim, config, through_jvm=shape is None)
             or not inmemory.search_on_driver(spark, n_rows, config)
         ):
             return None
@@ -540,6 +540,8 @@ def prepare_on_driver(
         if shape is not None:
             tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
         report.resolved["input_read"] = "pyarrow" if tbl is not None else "spark"
+        if tbl is None and not inmemory.fits_in_memory(spark, n_rows, dim, config):
+            return None  # pyarrow could not read it, and the JVM's copy would not fit
         if tbl is None:
             tbl = _prepared_rows(raw, id_col, id_type, keep_raw=False).toArrow()
         ids = tbl.column(id_col)

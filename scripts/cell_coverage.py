@@ -28,8 +28,13 @@ def main() -> None:
     p.add_argument("--overlap", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--sample", type=int, default=2000)
-    p.add_argument("--margin", type=float, nargs="+", default=[None],
-                   help="join a further near cell only within this cosine of the nearest")
+    p.add_argument(
+        "--margin",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="join a further near cell only within this cosine of the nearest",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     x, _ = kernel.l2_normalize(np.load(args.npy).astype(np.float32))
@@ -56,7 +61,8 @@ def main() -> None:
             shared = (member[q][:, None, :] & member[nbr]).any(axis=2)
             home = near[:, 0]
             via_home = member[nbr, home[q][:, None]] | member[q[:, None], home[nbr]]
-            print(f"| {n_cells} | {overlap} {margin} | {member.sum() / n:.2f} | {shared.mean():.4f} | "
+            label = f"{overlap}" if margin is None else f"{overlap}, margin {margin}"
+            print(f"| {n_cells} | {label} | {member.sum() / n:.2f} | {shared.mean():.4f} | "
                   f"{via_home.mean():.4f} |", flush=True)  # fmt: skip
 
 

@@ -528,6 +528,26 @@ def test_cell_budget_follows_the_python_memory_spark_really_gives_a_task():
     assert cells.cell_budget_mb(mimic, KnnConfig())[0] == 512
 
 
+def test_the_driver_searches_in_local_mode_what_one_cell_may_hold():
+    from knnspark import cells
+
+    local = _pseudo_session("local[2]", {"spark.driver.memory": "4g"})
+    cell_mb = cells.cell_budget_mb(local, KnnConfig())[0]
+    # pyarrow reads local Parquet: the cell's budget alone.
+    assert inmemory.memory_budget_mb(local, KnnConfig(), through_jvm=False)[0] == cell_mb
+    # Rows through the JVM: also a quarter of the driver's memory.
+    assert inmemory.memory_budget_mb(local, KnnConfig())[0] == min(cell_mb, 1024)
+    assert inmemory.memory_budget_mb(local, KnnConfig(cell_max_mb=3.0), False) == (
+        3.0, "one cell: cell_max_mb"
+    )  # fmt: skip
+    assert inmemory.memory_budget_mb(local, KnnConfig(broadcast_max_mb=7), False) == (
+        7.0, "broadcast_max_mb"
+    )  # fmt: skip
+    assert inmemory.memory_budget_mb(_pseudo_session("yarn", {}), KnnConfig(), False)[0] == 512
+    assert not inmemory.fits_in_memory(local, 10_000, 100, KnnConfig(cell_max_mb=3.0), False)
+    assert inmemory.fits_in_memory(local, 1_000, 100, KnnConfig(cell_max_mb=3.0), False)
+
+
 def test_cross_cell_round_finds_neighbours_no_common_cell_held(spark):
     # Gaussian directions split into many small cells: many neighbours share no cell. The items
     # in two cells link them, so a round across cells must raise recall against the oracle,
