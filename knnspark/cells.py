@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,22 +32,15 @@ from pyspark.sql import functions as F
 from knnspark import sampling, search, udfs
 from knnspark.config import KnnConfig
 from knnspark.kmeans import fit_spherical_kmeans, nearest_centroids
+from knnspark.plan import RunPlan, cell_threads
 from knnspark.progress import RunReport, stage
 from knnspark.samples import in_sample
 from knnspark.search import CellSearch
-from knnspark.session import is_local_master, local_cores, memory_mb
 
-__all__ = ["CellPlan", "cell_budget_mb", "cell_candidates", "plan_cells"]
+__all__ = ["CellPlan", "cell_candidates", "plan_cells"]
 
 log = logging.getLogger("knnspark")
 
-#: Default cell budget (MB of float32 unit vectors) on a cluster without a Python memory cap.
-DEFAULT_CELL_MAX_MB = 512.0
-#: Most MB of vectors a local-mode cell takes by default (its task holds it about three times).
-LOCAL_CELL_MAX_MB = 2048.0
-#: Share of a task's Python memory a cell's vectors may take (the task holds them about three
-#: times over: Arrow rows, the float32 matrix, its blocks' gathers; plus the graph).
-CELL_SHARE_OF_TASK_MEMORY = 0.25
 #: Coarse k-means aims cells at this share of the cap: k-means cells are uneven.
 CELL_FILL = 0.5
 #: A cell is cut into parts when the sample predicts more than the cap over this margin
@@ -56,67 +48,6 @@ CELL_FILL = 0.5
 SPLIT_MARGIN = 1.3
 #: Sample rows per coarse cell (cell sizes are estimated from them), at least 10,000 in all.
 SAMPLE_PER_CELL = 100
-
-
-def task_cpus(spark: SparkSession) -> int:
-    """Cores Spark gives one task (``spark.task.cpus``): the threads of a cell's search."""
-    return max(1, int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
-
-
-def cell_threads(spark: SparkSession, n_groups: int) -> int:
-    """Threads of one cell task's search: ``spark.task.cpus`` on a cluster; in local mode the
-    machine's cores shared by the cell tasks that run at once (one cell: every core, as the
-    driver's search would use)."""
-    master = spark.sparkContext.master
-    if is_local_master(master):
-        cores = local_cores(master)
-        return max(task_cpus(spark), cores // max(1, min(n_groups, cores)))
-    return task_cpus(spark)
-
-
-def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
-    """Most MB of vectors one cell may hold, and what set it.
-
-    ``cell_max_mb`` when given. Otherwise, when ``spark.executor.pyspark.memory`` caps the
-    Python workers: Spark divides that cap among the executor's concurrently running tasks
-    (``spark.executor.cores / spark.task.cpus``), and a cell takes a quarter of one task's
-    share. Without a cap, in local mode, the machine's memory is what the tasks share: a
-    quarter of its share per concurrent task, at most :data:`LOCAL_CELL_MAX_MB` (24 GiB and
-    2 tasks: 2 GB, so a 1M x 384 table is 3 cells, where 512 MB cells would make 12, and
-    true neighbours share a cell far less often: docs/scale.md). On a cluster without a cap,
-    512 MB.
-    """
-    if config.cell_max_mb is not None:
-        return float(config.cell_max_mb), "cell_max_mb"
-    conf = spark.sparkContext.getConf()
-    worker = conf.get("spark.executor.pyspark.memory", None)
-    if worker:
-        cores = int(conf.get("spark.executor.cores", "1"))
-        slots = max(1, cores // task_cpus(spark))
-        per_task = memory_mb(worker) / slots
-        return (
-            per_task * CELL_SHARE_OF_TASK_MEMORY,
-            f"spark.executor.pyspark.memory / {slots} tasks x {CELL_SHARE_OF_TASK_MEMORY}",
-        )
-    master = spark.sparkContext.master
-    physical = physical_memory_mb()
-    if is_local_master(master) and physical:
-        slots = max(1, local_cores(master) // task_cpus(spark))
-        share = physical / slots * CELL_SHARE_OF_TASK_MEMORY
-        return (
-            min(LOCAL_CELL_MAX_MB, share),
-            f"local: machine memory / {slots} tasks x {CELL_SHARE_OF_TASK_MEMORY}, at most "
-            f"{LOCAL_CELL_MAX_MB:.0f}",
-        )
-    return DEFAULT_CELL_MAX_MB, "default"
-
-
-def physical_memory_mb() -> float | None:
-    """This machine's memory in MB, where the OS tells it."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -273,6 +204,7 @@ def _tune_on_one_cell(
     params: CellSearch,
     config: KnnConfig,
     report: RunReport,
+    n_threads: int,
 ) -> CellSearch:
     """Tune the search steps for ``config.target_recall`` on one cell, on the driver, and give
     every cell that recipe (:attr:`CellSearch.recipe`).
@@ -284,8 +216,6 @@ def _tune_on_one_cell(
     cell's search and one filtered pass of the assignment. Recall lost across cell borders is
     not seen here; the run's recall estimate (an exact scan) measures the whole.
     """
-    from knnspark.inmemory import driver_threads
-
     per_group = plan.estimated_members / plan.n_parts
     cell = int(np.argmax(per_group))
     group = int(plan.labels[plan.first_group[cell]])
@@ -296,7 +226,7 @@ def _tune_on_one_cell(
         keys = keys[order]
         dim = plan.centroids.shape[1]
         vecs = np.ascontiguousarray(udfs.list_to_matrix(tbl.column("vec"), dim)[order])
-        index = search.CellIndex(keys, vecs, params, driver_threads(spark))
+        index = search.CellIndex(keys, vecs, params, n_threads)
         sample = sampling.sample_rows(keys, config.seed + 3, config.tune_sample)
         n_probe, sample, exact = search.tune_start(
             index, sample, config.target_recall, params.block_bytes
@@ -334,8 +264,7 @@ def _sample(spark: SparkSession, data: DataFrame, n: int, dim: int, size: int, s
 def cell_candidates(
     spark: SparkSession,
     data: DataFrame,
-    n_items: int,
-    dim: int,
+    run_plan: RunPlan,
     config: KnnConfig,
     report: RunReport,
     kk: int,
@@ -346,6 +275,8 @@ def cell_candidates(
     ----------
     data : DataFrame
         ``key long, vec binary`` (packed float32 unit vectors), validated.
+    run_plan : RunPlan
+        The table's shape and the cell budget (:func:`knnspark.plan.decide_plan`).
 
     Returns
     -------
@@ -357,7 +288,8 @@ def cell_candidates(
         Call it once the candidates were computed: it writes the cell tasks' sizes and build
         times into ``report``.
     """
-    budget_mb, why = cell_budget_mb(spark, config)
+    n_items, dim = run_plan.n_items, run_plan.dim
+    budget_mb, why = run_plan.cell_max_mb, run_plan.cell_max_mb_from
     max_members = max(kk + 1, int(budget_mb * 2**20 // (dim * 4)))
     overlap = config.overlap
     with stage(spark, report, "sample") as info:
@@ -377,7 +309,6 @@ def cell_candidates(
         est.max(), int((plan.n_parts > 1).sum()), plan.n_groups,
     )  # fmt: skip
     report.resolved.update(
-        plan="cells",
         n_cells=plan.n_cells,
         n_cell_groups=plan.n_groups,
         n_cells_split=int((plan.n_parts > 1).sum()),
@@ -402,7 +333,9 @@ def cell_candidates(
     rows = data.mapInArrow(assign, udfs.CELL_ROWS_SCHEMA)
     params = cell_search_params(config, kk)
     if config.target_recall is not None and not params.exact:
-        params = _tune_on_one_cell(spark, rows, plan, params, config, report)
+        params = _tune_on_one_cell(
+            spark, rows, plan, params, config, report, run_plan.driver_threads
+        )
     report.resolved.update(
         n_probe=params.resolve_n_probe(10**9) if params.recipe is None else max(
             v for kind, v in params.recipe if kind == "probe"

@@ -419,7 +419,7 @@ def _compute_and_publish(
     arrow_files, writer = None, "spark"
     if held is not None and io.is_local(spark, target):
         table, arrow_files, writer = None, held.tables(), "pyarrow"
-    elif held is not None and report.resolved.get("search_on") == "driver":
+    elif held is not None and result.plan.on_driver:
         table = held.to_spark(spark)
     else:
         table = result.table

@@ -1,10 +1,11 @@
 """The one-cell case on the driver: a table whose unit vectors fit one process, searched there.
 
-In local mode (and on a cluster, for tables of up to 20,000 items; :func:`search_on_driver`)
-the driver holds every unit vector and runs the single-node search of :mod:`knnspark.search`
-itself, in one thread per core, without starting Python workers: its machine is where the tasks
-would run anyway. Every other table is searched in cells (:mod:`knnspark.cells`), one Spark
-task a cell, by the same function; a table that fits one cell gives the same table either way.
+In local mode (and on a cluster, for tables of up to 20,000 items; :mod:`knnspark.plan`
+decides) the driver holds every unit vector and runs the single-node search of
+:mod:`knnspark.search` itself, in one thread per core, without starting Python workers: its
+machine is where the tasks would run anyway. Every other table is searched in cells
+(:mod:`knnspark.cells`), one Spark task a cell, by the same function; a table that fits one
+cell gives the same table either way.
 
 The driver then holds the graph: :class:`DriverTable` gives its rows to a writer on the driver
 (pyarrow, for a local output), and :func:`emit` makes it a Spark table for any other output.
@@ -23,19 +24,9 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from knnspark import sampling, search, udfs
-from knnspark.cells import cell_budget_mb
-from knnspark.config import KnnConfig
 from knnspark.progress import RunReport, stage
-from knnspark.session import is_local_master, local_cores, memory_mb
 
-__all__ = [
-    "DriverTable",
-    "driver_threads",
-    "emit",
-    "fits_in_memory",
-    "search_in_memory",
-    "search_on_driver",
-]
+__all__ = ["DriverTable", "emit", "search_in_memory"]
 
 log = logging.getLogger("knnspark")
 
@@ -44,100 +35,18 @@ EMIT_TASK_ROWS = 250_000
 _MERGED_SCHEMA = "key long, nbr long, rank int, score float"
 
 
-#: The driver's one-cell budget on a cluster when ``broadcast_max_mb`` is unset.
-CLUSTER_DRIVER_MAX_MB = 512.0
-
-
-def memory_budget_mb(
-    spark: SparkSession, config: KnnConfig, through_jvm: bool = True
-) -> tuple[float, str]:
-    """The largest vector table (MB) the driver searches as one cell, and what sets that limit.
-
-    ``broadcast_max_mb`` when given. Otherwise, in local mode, what one cell may hold
-    (:func:`knnspark.cells.cell_budget_mb`): the driver's machine is the one the cell task
-    would run on, so a table that fits one cell is searched there (884k x 384 on 24 GiB: the
-    driver instead of one Spark task, see docs/scale.md); on a cluster
-    :data:`CLUSTER_DRIVER_MAX_MB`. When the rows come to the driver through the JVM (any input
-    but local Parquet files, which pyarrow reads), also a quarter of ``spark.driver.memory``:
-    the JVM holds their Arrow copy.
-    """
-    if config.broadcast_max_mb is not None:
-        limits = [(float(config.broadcast_max_mb), "broadcast_max_mb")]
-    elif is_local_master(spark.sparkContext.master):
-        mb, why = cell_budget_mb(spark, config)
-        limits = [(mb, f"one cell: {why}")]
-    else:
-        limits = [(CLUSTER_DRIVER_MAX_MB, "default on a cluster")]
-    if through_jvm:
-        conf = spark.sparkContext.getConf()
-        driver = memory_mb(conf.get("spark.driver.memory", "1g"))
-        limits.append((driver / 4, "spark.driver.memory / 4"))
-    return min(limits)
-
-
-def fits_in_memory(
-    spark: SparkSession, n_items: int, dim: int, config: KnnConfig, through_jvm: bool = True
-) -> bool:
-    """Whether the float32 unit vectors fit the driver's one-cell budget (logged if not)."""
-    need = n_items * dim * 4 / 2**20
-    budget, reason = memory_budget_mb(spark, config, through_jvm)
-    if need <= budget:
-        return True
-    log.info(
-        "cells: %d x %d vectors (%.0f MB) exceed the driver's one-cell budget of %.0f MB (%s)",
-        n_items,
-        dim,
-        need,
-        budget,
-        reason,
-    )
-    return False
-
-
-#: Largest table a cluster's driver searches itself when ``driver_search_max_items`` is unset.
-CLUSTER_DRIVER_SEARCH_MAX_ITEMS = 20_000
-
-
-def search_on_driver(spark: SparkSession, n_items: int, config: KnnConfig) -> bool:
-    """Whether the in-memory plan searches a table of ``n_items`` on the driver itself.
-
-    The driver runs the workers' block functions over the same blocks, in
-    :func:`driver_threads` threads, so the table is the same. In local mode the driver's
-    machine is where the tasks would run anyway, so by default it searches every in-memory
-    table: it saves starting the Python workers (3-5 s), the broadcast, and each task's Arrow
-    round trip (100k x 384, n_probe 6: search 7.3 s in two driver threads against 10.9 s in
-    two workers). On a cluster the workers have more cores, so by default only tables of up to
-    :data:`CLUSTER_DRIVER_SEARCH_MAX_ITEMS` items, whose search takes less than the workers'
-    start (10k x 384: 1.5 s). ``driver_search_max_items`` sets the limit for either; 0 always
-    searches in the workers.
-    """
-    limit = config.driver_search_max_items
-    if limit is None:
-        local = is_local_master(spark.sparkContext.master)
-        limit = n_items if local else CLUSTER_DRIVER_SEARCH_MAX_ITEMS
-    return n_items <= limit
-
-
-def driver_threads(spark: SparkSession) -> int:
-    """Threads the driver searches with: the cores of the local master URL in local mode
-    (``local[N]``: N; not ``spark.default.parallelism``, which may be set above the cores),
-    else ``spark.driver.cores`` (default 1)."""
-    if is_local_master(spark.sparkContext.master):
-        return local_cores(spark.sparkContext.master)
-    return max(1, int(spark.sparkContext.getConf().get("spark.driver.cores", "1")))
-
-
 def search_in_memory(
     spark: SparkSession,
     keys: np.ndarray,
     vecs: np.ndarray,
     params: search.CellSearch,
     report: RunReport,
+    n_threads: int,
     target_recall: float | None = None,
     tune_sample: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every item's top-k, searched by the driver as one cell (:mod:`knnspark.search`) in
-    :func:`driver_threads` threads: positions (n, k) in ``keys`` (``-1`` padding) and scores.
+    ``n_threads`` threads: positions (n, k) in ``keys`` (``-1`` padding) and scores.
 
     Parameters
     ----------
@@ -149,7 +58,6 @@ def search_in_memory(
     target_recall : float, optional
         Tune the steps on a seeded sample's exact top-k (:func:`knnspark.search.tune_cell`).
     """
-    n_threads = driver_threads(spark)
     with stage(spark, report, "index") as info:
         index = search.CellIndex(keys, vecs, params, n_threads)
         info["rows"] = len(keys)
@@ -205,8 +113,6 @@ def search_in_memory(
     sizes = index.cluster_sizes()
     probes = [s["n_probe"] for s in steps if s["step"] == "search"]
     report.resolved.update(
-        plan="in-memory",
-        search_on="driver",
         driver_threads=n_threads,
         n_clusters=index.n_clusters,
         kmeans_sample_rows=index.n_sample,

@@ -36,6 +36,7 @@ from knnspark.lsh import (
     random_hyperplanes,
 )
 from knnspark.metrics import recall_interval, recall_per_item
+from knnspark.plan import RunPlan, decide_plan
 from knnspark.progress import RunReport, stage
 from knnspark.samples import in_sample
 from knnspark.session import memory_mb
@@ -111,6 +112,8 @@ class NeighborResult:
     #: writing :attr:`driver_table` does not need).
     make_table: Callable[[], DataFrame]
     report: RunReport
+    #: The run's decisions (which search, where, budgets).
+    plan: RunPlan
     rejected: DataFrame | None = None
     #: The same table held by the driver (the in-memory plan), so it can be written without
     #: Spark; ``None`` otherwise.
@@ -152,38 +155,37 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     report = RunReport()
     driver_table = None
     io.check_file_schemas(df, (config.id_col, config.vector_col))
-    prep = prepare_on_driver(df, config, report) or prepare_input(df, config, report)
+    prep, run_plan = prepare_on_driver(df, config, report)
+    if prep is None:
+        prep = prepare_input(df, config, report)
+        # Decided on the validated rows, which would reach the driver through the JVM.
+        run_plan = decide_plan(spark, config, prep.n_items, prep.dim)
     n, k = prep.n_items, config.k
     kk = min(k, max(n - 1, 0))
     report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)
     report.resolved["method"] = config.resolved_method
-    if kk == 0:
+    if run_plan.search == "none":
         make_merged = functools.partial(spark.createDataFrame, [], _MERGED_SCHEMA)
     else:
-        # One cell on the driver when it holds the vectors anyway (local mode, small tables);
-        # every other k-means table is searched in cells, one Spark task a cell.
-        in_memory = prep.items is not None or (
-            config.resolved_method in ("kmeans", "exact")
-            and config.metric == "cosine"
-            and inmemory.fits_in_memory(spark, n, prep.dim, config)
-            and inmemory.search_on_driver(spark, n, config)
-        )
+        report.resolved["plan"] = run_plan.name
+        if run_plan.on_driver:
+            report.resolved["search_on"] = "driver"
+        in_memory = run_plan.on_driver
         n_full = None
         after_merge = None
         if in_memory:
-            report.resolved["plan"] = "in-memory"
-            make_merged, n_full, driver_table = _kmeans_in_memory(spark, prep, config, report, kk)
-        elif config.resolved_method == "exact":
-            report.resolved["plan"] = "shuffle"
-            cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
-        elif config.resolved_method == "lsh":
-            report.resolved["plan"] = "shuffle"
-            cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
-        else:
+            make_merged, n_full, driver_table = _kmeans_in_memory(
+                spark, prep, config, report, kk, run_plan.driver_threads
+            )
+        elif run_plan.search == "cells":
             cands, max_rows, after_merge = cells.cell_candidates(
-                spark, prep.data, n, prep.dim, config, report, kk
+                spark, prep.data, run_plan, config, report, kk
             )
             staged = []
+        elif config.resolved_method == "exact":
+            cands, max_rows, staged = _exact_candidates(spark, prep, config, report)
+        else:
+            cands, max_rows, staged = _lsh_candidates(spark, prep, config, report, kk)
         if not in_memory:
             merged = _merge(spark, cands, max_rows, config, report)
             if after_merge is not None:
@@ -205,6 +207,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     return NeighborResult(
         make_table=lambda: _attach_ids(make_merged(), prep),
         report=report,
+        plan=run_plan,
         rejected=prep.rejected,
         driver_table=driver_table,
     )
@@ -488,12 +491,12 @@ def prepare_input(df: DataFrame, config: KnnConfig, report: RunReport | None = N
 
 def prepare_on_driver(
     df: DataFrame, config: KnnConfig, report: RunReport | None = None
-) -> Prepared | None:
+) -> tuple[Prepared, RunPlan] | tuple[None, None]:
     """Validate and normalise a cosine table the driver will search, straight to the driver.
 
     The driver's one-cell search holds every unit vector there anyway. When the table's row
     count (a cheap metadata job for files) and first vector length say it fits the driver's
-    budget and the driver searches it (:func:`inmemory.search_on_driver`), one Spark job
+    budget and the driver searches it (:func:`knnspark.plan.decide_plan`), one Spark job
     validates and normalises the rows in the Python workers and brings them to the driver,
     which checks ids, statuses and lengths in numpy: no cached copy, no aggregation and
     duplicate-id jobs, no collect (at 100k x 384: 4 s of a 46 s run). Local
@@ -501,17 +504,18 @@ def prepare_on_driver(
     reads them on the driver, which runs the same validation function (no Python worker
     starts at all).
 
-    Returns ``None`` (and the caller runs :func:`prepare_input`) for other methods or metrics, an
-    input that is more than a scan (a join would be computed twice), a table beyond the budget,
-    or any invalid row: :func:`prepare_input` names the problems, or
-    sets the rows aside, exactly as for any other table.
+    Returns the prepared table and the plan decided from its shape, or ``(None, None)`` (and
+    the caller runs :func:`prepare_input`) for other methods or metrics, an input that is more
+    than a scan (a join would be computed twice), a table the driver does not search, or any
+    invalid row: :func:`prepare_input` names the problems, or sets the rows aside, exactly as
+    for any other table.
     """
     if config.metric != "cosine" or config.resolved_method not in ("kmeans", "exact"):
-        return None
+        return None, None
     if not _cheap_to_count(df):
         # Counting first would compute an expensive input (a join, an aggregate) twice; the
         # Spark pass computes it once and caches it.
-        return None
+        return None, None
     report = report or RunReport()
     spark = df.sparkSession
     id_col = config.id_col
@@ -529,19 +533,17 @@ def prepare_on_driver(
             n_rows = df.count()
             first = df.select(F.size(vec)).limit(1).collect()
             dim = int(first[0][0]) if first and first[0][0] is not None else 0
-        if (
-            n_rows < 2
-            or dim < 1
-            or not inmemory.fits_in_memory(spark, n_rows, dim, config, through_jvm=shape is None)
-            or not inmemory.search_on_driver(spark, n_rows, config)
-        ):
-            return None
+        run_plan = decide_plan(spark, config, n_rows, dim, through_jvm=shape is None)
+        if not run_plan.on_driver:
+            return None, None
         tbl = None
         if shape is not None:
             tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
+            if tbl is None:  # pyarrow could not read it: the rows come through the JVM
+                run_plan = decide_plan(spark, config, n_rows, dim)
+                if not run_plan.on_driver:
+                    return None, None
         report.resolved["input_read"] = "pyarrow" if tbl is not None else "spark"
-        if tbl is None and not inmemory.fits_in_memory(spark, n_rows, dim, config):
-            return None  # pyarrow could not read it, and the JVM's copy would not fit
         if tbl is None:
             tbl = _prepared_rows(raw, id_col, id_type, keep_raw=False).toArrow()
         ids = tbl.column(id_col)
@@ -556,7 +558,7 @@ def prepare_on_driver(
             # Rare, and the Spark pass reports every problem with examples (or sets the rows
             # aside): paying a second read here keeps one implementation of both.
             log.info("input has invalid rows: validating in Spark to report them")
-            return None
+            return None, None
         vecs = udfs.column_items(tbl.column("vec"), "cosine", dim)[order]
         info["rows"] = n_rows = len(order)
     report.counts["n_input_rows"] = n_rows
@@ -582,7 +584,7 @@ def prepare_on_driver(
                 ]
             ),
         )
-    return Prepared(
+    prep = Prepared(
         data=None,
         n_items=n_rows,
         dim=dim,
@@ -593,6 +595,7 @@ def prepare_on_driver(
         items=(keys, vecs),
         ids=string_ids,
     )
+    return prep, run_plan
 
 
 def _read_prepared_locally(
@@ -713,6 +716,7 @@ def _bucket_candidates(
     plan: BucketPlan,
     counts: tuple[np.ndarray, np.ndarray],
     reverse: bool,
+    extra_rows: int = 0,
 ) -> tuple[DataFrame, int]:
     """Candidate pairs ``(key, nbr, score)`` of every bucket, and an upper bound of their count.
 
@@ -723,7 +727,7 @@ def _bucket_candidates(
     """
     k = config.k
     n_members, n_queries = counts
-    max_rows = int((n_queries * plan.member_chunks).sum()) * k
+    max_rows = (int((n_queries * plan.member_chunks).sum()) + extra_rows) * k
     if reverse:
         max_rows += int((n_members * plan.query_chunks).sum()) * k
     cands = rows.groupBy("grp").applyInArrow(
@@ -845,46 +849,64 @@ def _lsh_candidates(
             code, f"key long, vec {prep.vec_type}, codes array<bigint>"
         ).persist(StorageLevel.MEMORY_AND_DISK)
         # Only codes shared by two or more items make a bucket; a lone item pairs with nothing.
-        shared = (
-            coded.select(F.explode("codes").alias("code"))
-            .groupBy("code")
-            .count()
-            .filter(F.col("count") > 1)
-            .toArrow()
-        )
-        order = np.argsort(shared.column("code").to_numpy(), kind="stable")
-        known = shared.column("code").to_numpy()[order].astype(np.int64)
-        sizes = shared.column("count").to_numpy()[order].astype(np.int64)
-        info["rows"] = len(known)
-    if len(known) == 0:
-        known, sizes = np.zeros(1, np.int64), np.zeros(1, np.int64)  # one empty bucket
+        # The driver learns the shared codes' count and size summary, and the codes of the few
+        # buckets too large for one call (at most item-table pairs / split_above of them); the
+        # rest never leave Spark (100M items x 20 tables would be 2B codes).
+        counts = coded.select(F.explode("codes").alias("code")).groupBy("code").count()
+        counts = counts.filter(F.col("count") > 1).persist(StorageLevel.MEMORY_AND_DISK)
+        summary = counts.agg(
+            F.count("*").alias("n"),
+            F.sum("count").alias("rows"),
+            F.percentile_approx("count", 0.5).alias("median"),
+            F.max("count").alias("max"),
+        ).collect()[0]
+        split_above = _largest_single_bucket(config, dim)
+        big = counts.filter(F.col("count") > split_above).toArrow()
+        counts.unpersist()
+        order = np.argsort(big.column("code").to_numpy(), kind="stable")
+        big_codes = big.column("code").to_numpy()[order].astype(np.int64)
+        big_sizes = big.column("count").to_numpy()[order].astype(np.int64)
+        n_shared = int(summary["n"] or 0)
+        in_buckets = int(summary["rows"] or 0)
+        info["rows"] = n_shared
+    if len(big_codes) == 0:  # a plan of one empty cluster, which no row names
+        big_sizes = np.zeros(1, np.int64)
     plan = BucketPlan.from_counts(
-        sizes,
-        sizes,
+        big_sizes,
+        big_sizes,
         config.max_bucket_members,
         config.max_bucket_queries,
         config.seed,
         max_work=config.max_bucket_work,
         dim=max(dim, 1),
-    ).packed(sizes, sizes, _PACK_ROWS)
-    bc_known = spark.sparkContext.broadcast(known)
+    ).packed(big_sizes, big_sizes, _PACK_ROWS)
+    n_big_groups = int(plan.groups.max()) + 1 if len(big_codes) else 0
+    # Small buckets hashed into calls of about _PACK_ROWS rows (lone codes included: the call
+    # drops them).
+    n_small_groups = max(1, math.ceil(prep.n_items * n_tables / _PACK_ROWS))
+    bc_big = spark.sparkContext.broadcast((big_codes, plan))
+    seed_ = config.seed
 
     def assign(batches):
-        return udfs.lsh_assign_batches(batches, bc_known.value, plan)
+        big_codes_, plan_ = bc_big.value
+        return udfs.lsh_assign_batches(
+            batches, big_codes_, plan_, n_big_groups, n_small_groups, seed_
+        )
 
     rows = coded.mapInArrow(assign, _rows_schema(prep))
-    in_buckets = int(sizes.sum())
+    n_split = int(plan.n_split) if len(big_codes) else 0
+    chunk_max = int((-(-big_sizes // plan.member_chunks)).max()) if len(big_codes) else 0
     report.resolved.update(
         method="lsh",
         lsh_family=family,
         lsh_threshold=None if threshold is None else round(threshold, 4),
         n_tables=n_tables,
         n_bits=n_bits,
-        n_buckets=plan.n_buckets,
-        n_lsh_buckets_shared=int(len(known)) if in_buckets else 0,
-        n_clusters_split=plan.n_split,
-        bucket_members_median=float(np.median(sizes)),
-        bucket_members_max=int((-(-sizes // plan.member_chunks)).max()),
+        n_buckets=n_shared - len(big_codes) + (plan.n_buckets if len(big_codes) else 0),
+        n_lsh_buckets_shared=n_shared,
+        n_clusters_split=n_split,
+        bucket_members_median=float(summary["median"] or 0),
+        bucket_members_max=max(chunk_max, min(int(summary["max"] or 0), split_above)),
         lsh_item_table_pairs_in_shared_buckets=in_buckets,
     )
     log.info(
@@ -894,18 +916,34 @@ def _lsh_candidates(
         n_tables,
         n_bits,
         "set" if threshold is None else f"{threshold:.3f}",
-        len(known),
-        np.median(sizes),
-        sizes.max(),
-        plan.n_split,
+        n_shared,
+        float(summary["median"] or 0),
+        int(summary["max"] or 0),
+        n_split,
     )
-    # Every item is member and query of its own buckets: forward lists cover every pair.
-    cands, max_rows = _bucket_candidates(prep, config, rows, plan, (sizes, sizes), False)
+    # Every item is member and query of its own buckets: forward lists cover every pair. A row
+    # of a small bucket meets its bucket once (k candidates); big buckets' rows every chunk.
+    small_rows = in_buckets - int(big_sizes.sum())
+    cands, max_rows = _bucket_candidates(
+        prep, config, rows, plan, (big_sizes, big_sizes), False, extra_rows=small_rows
+    )
     return cands, max_rows, [coded]
 
 
+def _largest_single_bucket(config: KnnConfig, dim: int) -> int:
+    """The most rows an LSH bucket (every row member and query) may hold and stay one bucket
+    under :meth:`BucketPlan.from_counts`'s limits."""
+    by_work = math.isqrt(max(config.max_bucket_work // max(dim, 1), 1))
+    return max(1, min(config.max_bucket_members, config.max_bucket_queries, by_work))
+
+
 def _kmeans_in_memory(
-    spark: SparkSession, prep: Prepared, config: KnnConfig, report: RunReport, kk: int
+    spark: SparkSession,
+    prep: Prepared,
+    config: KnnConfig,
+    report: RunReport,
+    kk: int,
+    n_threads: int,
 ) -> tuple[Callable[[], DataFrame], int, inmemory.DriverTable | None]:
     """The one-cell search on the driver (see :mod:`knnspark.inmemory`), k-means or exact.
 
@@ -926,7 +964,7 @@ def _kmeans_in_memory(
         vecs.nbytes / 2**20,
     )  # fmt: skip
     pos, scores = inmemory.search_in_memory(
-        spark, keys, vecs, params, report,
+        spark, keys, vecs, params, report, n_threads,
         target_recall=None if exact else config.target_recall, tune_sample=config.tune_sample,
     )  # fmt: skip
     if not exact:

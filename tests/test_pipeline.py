@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from knnspark import inmemory
+from knnspark import plan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
 from knnspark.pipeline import compute_neighbors
@@ -474,20 +474,20 @@ def test_where_the_in_memory_plan_searches(spark):
             master="yarn", getConf=lambda: SimpleNamespace(get=lambda key, default: "3")
         )
     )
-    big = 10 * inmemory.CLUSTER_DRIVER_SEARCH_MAX_ITEMS
+    big = 10 * plan.CLUSTER_DRIVER_SEARCH_MAX_ITEMS
     default = KnnConfig()
-    assert inmemory.search_on_driver(spark, big, default)
-    assert inmemory.driver_threads(spark) == 2  # local[2]
-    assert inmemory.search_on_driver(cluster, inmemory.CLUSTER_DRIVER_SEARCH_MAX_ITEMS, default)
-    assert not inmemory.search_on_driver(cluster, big, default)
-    assert inmemory.driver_threads(cluster) == 3
+    assert plan.search_on_driver(spark, big, default)
+    assert plan.driver_threads(spark) == 2  # local[2]
+    assert plan.search_on_driver(cluster, plan.CLUSTER_DRIVER_SEARCH_MAX_ITEMS, default)
+    assert not plan.search_on_driver(cluster, big, default)
+    assert plan.driver_threads(cluster) == 3
     pseudo = SimpleNamespace(sparkContext=SimpleNamespace(master="local-cluster[2,1,1024]"))
-    assert not inmemory.search_on_driver(pseudo, big, default)  # it mimics a cluster
+    assert not plan.search_on_driver(pseudo, big, default)  # it mimics a cluster
     for where in (spark, cluster):
-        assert not inmemory.search_on_driver(where, 10, KnnConfig(driver_search_max_items=0))
+        assert not plan.search_on_driver(where, 10, KnnConfig(driver_search_max_items=0))
         limit = KnnConfig(driver_search_max_items=500)
-        assert inmemory.search_on_driver(where, 500, limit)
-        assert not inmemory.search_on_driver(where, 501, limit)
+        assert plan.search_on_driver(where, 500, limit)
+        assert not plan.search_on_driver(where, 501, limit)
 
 
 def test_stage_heartbeat_logs_the_driver_progress(spark, caplog):
@@ -510,42 +510,59 @@ def _pseudo_session(master: str, conf: dict[str, str]) -> SimpleNamespace:
 
 
 def test_cell_budget_follows_the_python_memory_spark_really_gives_a_task():
-    from knnspark import cells
-
     cap = {"spark.executor.pyspark.memory": "8g", "spark.executor.cores": "4"}
-    budget, why = cells.cell_budget_mb(_pseudo_session("yarn", cap), KnnConfig())
+    budget, why = plan.cell_budget_mb(_pseudo_session("yarn", cap), KnnConfig())
     assert budget == 8192 / 4 * 0.25 and "4 tasks" in why  # divided among 4 concurrent tasks
     two_cpus = {**cap, "spark.task.cpus": "2"}
-    assert cells.cell_budget_mb(_pseudo_session("yarn", two_cpus), KnnConfig())[0] == 8192 / 2 / 4
-    assert cells.cell_budget_mb(_pseudo_session("yarn", {}), KnnConfig()) == (512.0, "default")
+    assert plan.cell_budget_mb(_pseudo_session("yarn", two_cpus), KnnConfig())[0] == 8192 / 2 / 4
+    assert plan.cell_budget_mb(_pseudo_session("yarn", {}), KnnConfig()) == (512.0, "default")
     given = KnnConfig(cell_max_mb=7.5)
-    assert cells.cell_budget_mb(_pseudo_session("yarn", cap), given) == (7.5, "cell_max_mb")
+    assert plan.cell_budget_mb(_pseudo_session("yarn", cap), given) == (7.5, "cell_max_mb")
     # Local mode without a cap: the machine's memory shared by its concurrent tasks.
-    local, _ = cells.cell_budget_mb(_pseudo_session("local[2]", {}), KnnConfig())
-    assert local == min(cells.LOCAL_CELL_MAX_MB, cells.physical_memory_mb() / 2 * 0.25)
+    local, _ = plan.cell_budget_mb(_pseudo_session("local[2]", {}), KnnConfig())
+    assert local == min(plan.LOCAL_CELL_MAX_MB, plan.physical_memory_mb() / 2 * 0.25)
     # local-cluster mimics a cluster.
     mimic = _pseudo_session("local-cluster[2,1,1024]", {})
-    assert cells.cell_budget_mb(mimic, KnnConfig())[0] == 512
+    assert plan.cell_budget_mb(mimic, KnnConfig())[0] == 512
 
 
 def test_the_driver_searches_in_local_mode_what_one_cell_may_hold():
-    from knnspark import cells
-
     local = _pseudo_session("local[2]", {"spark.driver.memory": "4g"})
-    cell_mb = cells.cell_budget_mb(local, KnnConfig())[0]
+    cell_mb = plan.cell_budget_mb(local, KnnConfig())[0]
     # pyarrow reads local Parquet: the cell's budget alone.
-    assert inmemory.memory_budget_mb(local, KnnConfig(), through_jvm=False)[0] == cell_mb
+    assert plan.driver_budget_mb(local, KnnConfig(), through_jvm=False)[0] == cell_mb
     # Rows through the JVM: also a quarter of the driver's memory.
-    assert inmemory.memory_budget_mb(local, KnnConfig())[0] == min(cell_mb, 1024)
-    assert inmemory.memory_budget_mb(local, KnnConfig(cell_max_mb=3.0), False) == (
+    assert plan.driver_budget_mb(local, KnnConfig())[0] == min(cell_mb, 1024)
+    assert plan.driver_budget_mb(local, KnnConfig(cell_max_mb=3.0), False) == (
         3.0, "one cell: cell_max_mb"
     )  # fmt: skip
-    assert inmemory.memory_budget_mb(local, KnnConfig(broadcast_max_mb=7), False) == (
+    assert plan.driver_budget_mb(local, KnnConfig(broadcast_max_mb=7), False) == (
         7.0, "broadcast_max_mb"
     )  # fmt: skip
-    assert inmemory.memory_budget_mb(_pseudo_session("yarn", {}), KnnConfig(), False)[0] == 512
-    assert not inmemory.fits_in_memory(local, 10_000, 100, KnnConfig(cell_max_mb=3.0), False)
-    assert inmemory.fits_in_memory(local, 1_000, 100, KnnConfig(cell_max_mb=3.0), False)
+    assert plan.driver_budget_mb(_pseudo_session("yarn", {}), KnnConfig(), False)[0] == 512
+    assert not plan.fits_driver(local, 10_000, 100, KnnConfig(cell_max_mb=3.0), False)
+    assert plan.fits_driver(local, 1_000, 100, KnnConfig(cell_max_mb=3.0), False)
+
+
+def test_one_plan_decides_which_search_runs():
+    local = _pseudo_session("local[2]", {"spark.driver.memory": "4g"})
+    small = KnnConfig(cell_max_mb=4.0)  # 4 MB: 10,485 x 100 float32 vectors
+    assert plan.decide_plan(local, small, 10_000, 100, through_jvm=False).search == "driver"
+    assert plan.decide_plan(local, small, 20_000, 100, through_jvm=False).search == "cells"
+    exact = small.replace(method="exact")
+    assert plan.decide_plan(local, exact, 20_000, 100, through_jvm=False).search == "buckets"
+    lsh = small.replace(method="lsh")
+    assert plan.decide_plan(local, lsh, 100, 100, through_jvm=False).search == "buckets"
+    assert plan.decide_plan(local, small, 1, 100).search == "none"
+    # Through the JVM the driver's memory counts too: 1 GB is a quarter of 4g.
+    big = KnnConfig(cell_max_mb=2048.0)
+    assert plan.decide_plan(local, big, 1_000_000, 384, through_jvm=False).on_driver
+    assert plan.decide_plan(local, big, 1_000_000, 384).search == "cells"
+    # A cluster's driver searches small tables only.
+    yarn = _pseudo_session("yarn", {"spark.driver.memory": "4g"})
+    decided = plan.decide_plan(yarn, KnnConfig(), 100_000, 64)
+    assert decided.search == "cells" and decided.name == "cells"
+    assert plan.decide_plan(yarn, KnnConfig(), 1_000, 64).name == "in-memory"
 
 
 def test_cross_cell_round_finds_neighbours_no_common_cell_held(spark):
