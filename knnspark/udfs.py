@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from knnspark import graph, kernel, lsh, search
-from knnspark.buckets import ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
+from knnspark.buckets import ROLE_BOTH, ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
 from knnspark.jaccard import Sets, topk_jaccard
 from knnspark.kmeans import nearest_centroids
 
@@ -389,13 +389,21 @@ def lsh_code_batches(
 
 
 def lsh_assign_batches(
-    batches: Iterator[pa.RecordBatch], known_codes: np.ndarray, plan: BucketPlan
+    batches: Iterator[pa.RecordBatch],
+    big_codes: np.ndarray,
+    plan: BucketPlan,
+    n_big_groups: int,
+    n_small_groups: int,
+    seed: int,
 ) -> Iterator[pa.RecordBatch]:
-    """Bucket rows ``(grp, bucket, key, role, vec)`` of LSH-coded items.
+    """Bucket rows ``(grp, bucket, key, role, vec)`` of LSH-coded items, one per (item, table).
 
-    ``known_codes`` (sorted, int64) are the codes shared by at least two items; cluster ``c`` of
-    the plan is ``known_codes[c]``. An item is member and query of its bucket in every table
-    whose code is known (a code held by one item alone pairs with nothing).
+    ``big_codes`` (sorted, int64) are the codes of buckets too large for one UDF call; cluster
+    ``c`` of ``plan`` is ``big_codes[c]``, cut into chunk buckets that go to groups
+    ``0..n_big_groups-1``. Any other code is one bucket (its id is the code), member and query
+    at once, in group ``n_big_groups + hash(code) % n_small_groups``: every row of a code meets
+    in one call without the driver knowing the codes, and a code held by one item alone is
+    dropped there (:func:`bucket_topk`).
     """
     _maybe_fail("lsh_assign_batches")
     for batch in batches:
@@ -403,12 +411,34 @@ def lsh_assign_batches(
         codes_col = _column(batch, "codes")
         n_tables = int(codes_col.value_lengths()[0].as_py()) if len(codes_col) else 1
         codes = codes_col.flatten().to_numpy().reshape(len(keys), n_tables)
-        cl = np.minimum(np.searchsorted(known_codes, codes), max(len(known_codes) - 1, 0))
-        found = known_codes[cl] == codes if len(known_codes) else np.zeros(codes.shape, bool)
-        owner, table = np.nonzero(found)
-        cl = cl[owner, table].astype(np.int64)
-        item, bucket, role = bucket_rows(keys[owner], cl, cl[:, None], plan)
-        yield from _bucket_batches(keys, _column(batch, "vec"), owner[item], bucket, role, plan)
+        vec = _column(batch, "vec")
+        if len(big_codes):
+            cl = np.minimum(np.searchsorted(big_codes, codes), len(big_codes) - 1)
+            big = big_codes[cl] == codes
+        else:
+            cl, big = np.zeros(codes.shape, np.int64), np.zeros(codes.shape, bool)
+        owner, table = np.nonzero(big)
+        if len(owner):
+            big_cl = cl[owner, table]
+            item, bucket, role = bucket_rows(keys[owner], big_cl, big_cl[:, None], plan)
+            yield from _bucket_batches(keys, vec, owner[item], bucket, role, plan)
+        owner, table = np.nonzero(~big)
+        small = codes[owner, table].astype(np.int64)
+        grp = n_big_groups + (
+            kernel.mix64(small, seed).view(np.uint64) % np.uint64(n_small_groups)
+        ).astype(np.int64)
+        for s in range(0, len(owner), _OUTPUT_BATCH_ROWS):
+            sl = slice(s, s + _OUTPUT_BATCH_ROWS)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(grp[sl]),
+                    pa.array(small[sl]),
+                    pa.array(keys[owner[sl]]),
+                    pa.array(np.full(len(owner[sl]), ROLE_BOTH, dtype=np.int8)),
+                    vec.take(pa.array(owner[sl])),
+                ],
+                names=["grp", "bucket", "key", "role", "vec"],
+            )
 
 
 def bucket_topk(
@@ -423,6 +453,17 @@ def bucket_topk(
     _maybe_fail("bucket_topk")
     if "bucket" in table.column_names:
         bucket = _column(table, "bucket").to_numpy()
+        # A bucket of one row (an LSH code no other item shares) pairs with nothing.
+        ids, count = np.unique(bucket, return_counts=True)
+        if len(ids) and count.min() < 2:
+            keep = np.isin(bucket, ids[count >= 2])
+            if not keep.any():
+                return pa.table(
+                    {"key": pa.array([], pa.int64()), "nbr": pa.array([], pa.int64()),
+                     "score": pa.array([], pa.float32())}
+                )  # fmt: skip
+            table = table.filter(pa.array(keep))
+            bucket = bucket[keep]
         if len(bucket) and bucket.min() != bucket.max():
             order = np.argsort(bucket, kind="stable")
             table = table.take(pa.array(order))

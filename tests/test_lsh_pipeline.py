@@ -138,3 +138,46 @@ def test_jaccard_needs_token_arrays_and_a_set_method(spark, clustered):
         KnnConfig(metric="jaccard", method="kmeans")
     with pytest.raises(ConfigError, match="n_perm"):
         KnnConfig(metric="jaccard", method="lsh", n_tables=20, n_bits=10)
+
+
+def test_lsh_bucket_rows_need_only_the_big_codes_on_the_driver():
+    """Small codes are hashed into calls on the executors (no list of codes on the driver);
+    only codes too big for one call are planned, and a lone code pairs with nothing."""
+    from knnspark import udfs
+    from knnspark.buckets import ROLE_BOTH, BucketPlan
+
+    keys = np.arange(6, dtype=np.int64)
+    # Two tables: code 7 is held by items 0..3 (big), 11 by 0, 4 and 5; 13, 17, ... alone.
+    codes = np.array([[7, 11], [7, 13], [7, 17], [7, 19], [11, 23], [11, 29]], dtype=np.int64)
+    offsets = pa.array(np.arange(0, 13, 2, dtype=np.int32))
+    vec = pa.array([np.ones(2, np.float32).tobytes()] * 6, pa.binary())
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(keys), vec, pa.ListArray.from_arrays(offsets, pa.array(codes.ravel()))],
+        names=["key", "vec", "codes"],
+    )
+    big = np.array([7], dtype=np.int64)
+    plan = BucketPlan.from_counts(np.array([4]), np.array([4]), 2, 2, seed=1).packed(
+        np.array([4]), np.array([4]), 100
+    )
+    n_big_groups = int(plan.groups.max()) + 1
+    out = pa.Table.from_batches(
+        list(udfs.lsh_assign_batches(iter([batch]), big, plan, n_big_groups, 5, seed=3))
+    )
+    grp = out.column("grp").to_numpy()
+    bucket = out.column("bucket").to_numpy()
+    role = out.column("role").to_numpy()
+    is_big = grp < n_big_groups
+    # The big code's 4 items are cut into 2 x 2 chunk buckets: queries meet both member chunks.
+    assert set(out.column("key").to_numpy()[is_big]) == {0, 1, 2, 3}
+    assert plan.n_buckets == 4 and set(bucket[is_big]) <= set(range(4))
+    # Every other (item, table) is one row of bucket = its code, in a hashed small group.
+    small = ~is_big
+    assert small.sum() == 12 - 4 and np.all(role[small] == ROLE_BOTH)
+    assert np.all((grp[small] >= n_big_groups) & (grp[small] < n_big_groups + 5))
+    same_code = bucket[small] == 11
+    assert len(set(grp[small][same_code])) == 1  # a code's rows meet in one call
+    # In the call, lone codes are dropped and code 11's three items score each other.
+    rows = out.filter(pa.array(small))
+    cands = udfs.bucket_topk(rows.select(["bucket", "key", "role", "vec"]), 2, 2, 2**20, False)
+    pairs = set(zip(cands.column("key").to_pylist(), cands.column("nbr").to_pylist()))
+    assert pairs == {(a, b) for a in (0, 4, 5) for b in (0, 4, 5) if a != b}
