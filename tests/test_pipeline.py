@@ -271,7 +271,7 @@ def test_driver_prepared_input_gives_the_spark_prepared_table(
     driver = compute_neighbors(df, cfg)
     assert "collect" not in driver.report.timings and "normalise" not in driver.report.timings
     assert driver.report.resolved["plan"] == "in-memory"
-    monkeypatch.setattr(pipeline, "prepare_on_driver", lambda *a, **kw: None)
+    monkeypatch.setattr(pipeline, "prepare_on_driver", lambda *a, **kw: (None, None))
     spark_side = compute_neighbors(df, cfg)
     assert "collect" in spark_side.report.timings
     cols = ["item_id", "rank", "neighbor_id", "score"]
