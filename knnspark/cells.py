@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,9 +206,14 @@ def _tune_on_one_cell(
     config: KnnConfig,
     report: RunReport,
     n_threads: int,
-) -> CellSearch:
+    stats: Any,
+) -> tuple[CellSearch, int, pa.Table]:
     """Tune the search steps for ``config.target_recall`` on one cell, on the driver, and give
     every cell that recipe (:attr:`CellSearch.recipe`).
+
+    The tuning searched that cell with the recipe's very steps, so its lists are what its task
+    would compute: they are returned as its candidates (with the cell's group label, which the
+    tasks then skip), and tuning costs the exact top-k of its sample, not a second search.
 
     The cell is the largest the plan expects (its search is the hardest); its members come to
     the driver (bounded by the cell cap), a seeded sample of them gets its exact top-k within
@@ -220,7 +226,8 @@ def _tune_on_one_cell(
     cell = int(np.argmax(per_group))
     group = int(plan.labels[plan.first_group[cell]])
     with stage(spark, report, "tune") as info:
-        tbl = rows.filter(F.col("grp") == group).select("key", "vec").toArrow()
+        started = time.perf_counter()
+        tbl = rows.filter(F.col("grp") == group).select("key", "vec", "home").toArrow()
         keys = tbl.column("key").to_numpy().astype(np.int64)
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
@@ -231,10 +238,15 @@ def _tune_on_one_cell(
         n_probe, sample, exact = search.tune_start(
             index, sample, config.target_recall, params.block_bytes
         )
-        _, _, tuned = search.tune_cell(
+        pos, scores, tuned = search.tune_cell(
             index, sample, exact, config.target_recall, n_probe,
             on_step=lambda step: log.info("target recall, tuning cell: %s", step),
         )  # fmt: skip
+        cands = udfs.graph_candidates(keys, pos, scores)
+        n_homes = int(np.count_nonzero(tbl.column("home").to_numpy(zero_copy_only=False)))
+        # Built by the driver: no Python worker's memory to report (0).
+        stats.add({group: (len(keys), n_homes, time.perf_counter() - started,
+                           index.n_clusters, 0.0)})  # fmt: skip
         info["rows"] = len(keys)
     log.info(
         "target recall %.3f tuned on cell %d (%d members): %s, sample recall %.4f (lower 95%% "
@@ -249,7 +261,7 @@ def _tune_on_one_cell(
         tune_cell_members=int(len(keys)),
         steps=tuned["steps"],
     )
-    return dataclasses.replace(params, recipe=tuned["recipe"])
+    return dataclasses.replace(params, recipe=tuned["recipe"]), group, cands
 
 
 def _sample(spark: SparkSession, data: DataFrame, n: int, dim: int, size: int, seed: int):
@@ -332,10 +344,13 @@ def cell_candidates(
 
     rows = data.mapInArrow(assign, udfs.CELL_ROWS_SCHEMA)
     params = cell_search_params(config, kk)
+    stats = spark.sparkContext.accumulator({}, CellStats())
+    tuned = None
     if config.target_recall is not None and not params.exact:
-        params = _tune_on_one_cell(
-            spark, rows, plan, params, config, report, run_plan.driver_threads
+        params, tuned_group, tuned = _tune_on_one_cell(
+            spark, rows, plan, params, config, report, run_plan.driver_threads, stats
         )
+        rows = rows.filter(F.col("grp") != tuned_group)
     report.resolved.update(
         n_probe=params.resolve_n_probe(10**9) if params.recipe is None else max(
             v for kind, v in params.recipe if kind == "probe"
@@ -345,7 +360,6 @@ def cell_candidates(
         ),
         recipe=None if params.recipe is None else [list(step) for step in params.recipe],
     )  # fmt: skip
-    stats = spark.sparkContext.accumulator({}, CellStats())
     search_fn = functools.partial(
         udfs.cell_topk, params=params, dim=dim, n_threads=n_threads, stats=stats
     )
@@ -360,6 +374,8 @@ def cell_candidates(
         .groupBy("grp")
         .applyInArrow(search, udfs.CELL_CANDIDATES_SCHEMA)
     )
+    if tuned is not None:
+        cands = cands.unionByName(spark.createDataFrame(tuned, udfs.CELL_CANDIDATES_SCHEMA))
     return cands, n_items * plan.overlap * kk, functools.partial(_report_cells, stats, report)
 
 

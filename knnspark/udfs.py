@@ -715,19 +715,33 @@ def cell_topk(
         offset += n
     n_homes = int(np.count_nonzero(table.column("home").to_numpy()))
     pos, scores, info = search.search_cell(keys, vecs, params, n_threads)
+    out = graph_candidates(keys, pos, scores)
+    if stats is not None:
+        group = int(_column(table, "grp")[0].as_py()) if len(keys) else -1
+        seconds = time.perf_counter() - started
+        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb())})
+    return out
+
+
+def graph_candidates(keys: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """A cell's graph as candidate rows ``(key, nbr, score)``.
+
+    Parameters
+    ----------
+    keys : ndarray of shape (m,), int64
+        Member keys.
+    pos : ndarray of shape (m, k), int64
+        Neighbour positions in ``keys`` (``-1`` padding, dropped).
+    scores : ndarray of shape (m, k), float32
+    """
     valid = pos >= 0
-    out = pa.table(
+    return pa.table(
         {
             "key": np.broadcast_to(keys[:, None], pos.shape)[valid],
             "nbr": keys[pos[valid]],
             "score": scores[valid].astype(np.float32),
         }
     )
-    if stats is not None:
-        group = int(_column(table, "grp")[0].as_py()) if len(keys) else -1
-        seconds = time.perf_counter() - started
-        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb())})
-    return out
 
 
 def _peak_rss_mb() -> float:

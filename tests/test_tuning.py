@@ -75,6 +75,34 @@ def test_target_recall_in_cells_is_tuned_on_one_cell_and_replayed_by_all(spark, 
     assert recall >= 0.93, recall
 
 
+def test_the_tuning_cell_is_not_searched_twice_and_gives_its_tasks_lists(
+    spark, clustered, monkeypatch
+):
+    """The driver's tuning search of a cell ran the recipe's steps, so its lists stand in for
+    that cell's task: the table equals the one where a task searches the cell again."""
+    from knnspark import cells
+
+    keys, x = clustered
+    cfg = KnnConfig(
+        k=10, target_bucket_size=150, target_recall=0.97, recall_sample=0, seed=3,
+        driver_search_max_items=0, cell_max_mb=0.15,
+    )  # fmt: skip
+    cols = ["item_id", "rank", "neighbor_id", "score"]
+    once = compute_neighbors(to_df(spark, keys, x), cfg)
+    reused = once.table.orderBy("item_id", "rank").select(cols).collect()
+    assert "tune" in once.report.timings
+    real = cells._tune_on_one_cell
+
+    def search_again(*args, **kwargs):
+        params, _, cands = real(*args, **kwargs)
+        return params, -1, cands.slice(0, 0)  # no group is skipped, nothing handed over
+
+    monkeypatch.setattr(cells, "_tune_on_one_cell", search_again)
+    twice = compute_neighbors(to_df(spark, keys, x), cfg)
+    assert twice.table.orderBy("item_id", "rank").select(cols).collect() == reused
+    assert once.report.resolved["recipe"] == twice.report.resolved["recipe"]
+
+
 def test_target_recall_in_memory_checks_a_sample_after_every_step(spark, clustered):
     keys, x = clustered
     cfg = KnnConfig(k=10, target_bucket_size=150, target_recall=0.99, recall_sample=300, seed=3)
