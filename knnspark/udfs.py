@@ -325,7 +325,7 @@ def assign_batches(
         else:
             probes = nearest_centroids(list_to_matrix(vec, dim), centroids, n_probe)
         item, bucket, role = bucket_rows(keys, probes[:, 0], probes, plan)
-        yield from _bucket_batches(keys, vec, item, bucket, role, plan)
+        yield from _bucket_batches(keys, vec, item, bucket, role, plan.group_of(bucket))
 
 
 def _bucket_batches(
@@ -334,9 +334,10 @@ def _bucket_batches(
     item: np.ndarray,
     bucket: np.ndarray,
     role: np.ndarray,
-    plan: BucketPlan,
+    group: np.ndarray,
 ) -> Iterator[pa.RecordBatch]:
-    group = plan.group_of(bucket)
+    """Bucket rows ``(grp, bucket, key, role, vec)``: row ``i`` is item ``item[i]`` of the
+    batch in ``bucket[i]`` with ``role[i]``, sent to UDF call ``group[i]``."""
     # Replication (probes x chunks) multiplies rows: emit bounded slices, not one batch.
     for s in range(0, len(item), _OUTPUT_BATCH_ROWS):
         sl = slice(s, s + _OUTPUT_BATCH_ROWS)
@@ -421,24 +422,15 @@ def lsh_assign_batches(
         if len(owner):
             big_cl = cl[owner, table]
             item, bucket, role = bucket_rows(keys[owner], big_cl, big_cl[:, None], plan)
-            yield from _bucket_batches(keys, vec, owner[item], bucket, role, plan)
+            group = plan.group_of(bucket)
+            yield from _bucket_batches(keys, vec, owner[item], bucket, role, group)
         owner, table = np.nonzero(~big)
         small = codes[owner, table].astype(np.int64)
-        grp = n_big_groups + (
+        group = n_big_groups + (
             kernel.mix64(small, seed).view(np.uint64) % np.uint64(n_small_groups)
         ).astype(np.int64)
-        for s in range(0, len(owner), _OUTPUT_BATCH_ROWS):
-            sl = slice(s, s + _OUTPUT_BATCH_ROWS)
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array(grp[sl]),
-                    pa.array(small[sl]),
-                    pa.array(keys[owner[sl]]),
-                    pa.array(np.full(len(owner[sl]), ROLE_BOTH, dtype=np.int8)),
-                    vec.take(pa.array(owner[sl])),
-                ],
-                names=["grp", "bucket", "key", "role", "vec"],
-            )
+        role = np.full(len(owner), ROLE_BOTH, dtype=np.int8)
+        yield from _bucket_batches(keys, vec, owner, small, role, group)
 
 
 def bucket_topk(
