@@ -14,7 +14,7 @@ def __getattr__(name: str):
 
         return KnnConfig
     if name in ("build_neighbors", "compute_neighbors"):
-        from knnspark import pipeline
+        from knnspark import run
 
-        return getattr(pipeline, name)
+        return getattr(run, name)
     raise AttributeError(name)

@@ -372,10 +372,10 @@ def cell_candidates(
     cands = (
         rows.repartition(plan.n_groups, "grp")
         .groupBy("grp")
-        .applyInArrow(search, udfs.CELL_CANDIDATES_SCHEMA)
+        .applyInArrow(search, udfs.CANDIDATES_SCHEMA)
     )
     if tuned is not None:
-        cands = cands.unionByName(spark.createDataFrame(tuned, udfs.CELL_CANDIDATES_SCHEMA))
+        cands = cands.unionByName(spark.createDataFrame(tuned, udfs.CANDIDATES_SCHEMA))
     return cands, n_items * plan.overlap * kk, functools.partial(_report_cells, stats, report)
 
 

@@ -351,8 +351,8 @@ def _compute_and_publish(
     staged: list[Any],
 ) -> int:
     from knnspark import io
-    from knnspark.pipeline import OUTPUT_COLUMNS, compute_neighbors
     from knnspark.progress import group_jobs
+    from knnspark.run import OUTPUT_COLUMNS, compute_neighbors
     from knnspark.session import class_archive_in_use, driver_jit
 
     staging = staged[0]

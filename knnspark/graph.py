@@ -23,7 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _rescore, _select_topk, query_block_rows
+from knnspark.kernel import (
+    DEFAULT_BLOCK_BYTES,
+    dedupe_pairs,
+    query_block_rows,
+    rank_within_groups,
+    ranked,
+    rescore,
+    select_topk,
+)
 
 __all__ = [
     "pivot_pairs",
@@ -66,16 +74,11 @@ def top_per_group(
     out_score = np.full((n_groups, k), -np.inf, dtype=np.float32)
     if len(group) == 0 or k == 0:
         return out_pos, out_score
-    order = np.lexsort((pos, -score, group))
-    g = group[order]
-    starts = np.ones(len(g), dtype=bool)
-    starts[1:] = g[1:] != g[:-1]
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(g)), 0))
-    rank = np.arange(len(g)) - first
+    order, rank = rank_within_groups(group, pos, score)
     keep = rank < k
     sel = order[keep]
-    out_pos[g[keep], rank[keep]] = pos[sel]
-    out_score[g[keep], rank[keep]] = score[sel]
+    out_pos[group[sel], rank[keep]] = pos[sel]
+    out_score[group[sel], rank[keep]] = score[sel]
     return out_pos, out_score
 
 
@@ -151,7 +154,7 @@ def probed_topk(
                 own = np.flatnonzero(members[at] == query_rows[r])
                 scores[own, at[own]] = -np.inf
                 if first and m > k:
-                    sel = _select_topk(scores, k)
+                    sel = select_topk(scores, k)
                     top = np.take_along_axis(scores, sel, axis=1)
                     tau[r] = top[:, -1]
                     hit_r = np.repeat(np.arange(len(r)), k)
@@ -200,16 +203,16 @@ def _finish(
     """
     valid = pos >= 0
     if known is None:
-        exact = _rescore(q_vecs, vecs, np.maximum(pos, 0), valid)
+        exact = rescore(q_vecs, vecs, np.maximum(pos, 0), valid)
     else:
         exact = known.astype(np.float32)
         rows, cols = np.nonzero(valid & np.isnan(known))
         # One pair per row, through the same re-score (the same values as in a full row).
-        exact[rows, cols] = _rescore(
+        exact[rows, cols] = rescore(
             q_vecs[rows], vecs, pos[rows, cols][:, None], np.ones((len(rows), 1), dtype=bool)
         )[:, 0]
         exact[~valid] = -np.inf
-    pos, exact = _ranked(np.where(valid, pos, np.iinfo(np.int64).max), exact)
+    pos, exact = ranked(np.where(valid, pos, np.iinfo(np.int64).max), exact)
     return np.where(pos == np.iinfo(np.int64).max, -1, pos), exact
 
 
@@ -327,7 +330,7 @@ def refine_topk(
         cand_scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
         cand_scores[cand == n] = -np.inf
         kk = min(k, width)
-        sel = _select_topk(cand_scores, kk)
+        sel = select_topk(cand_scores, kk)
         pos = np.take_along_axis(cand, sel, axis=1)
         pos[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
         known = None
@@ -393,12 +396,7 @@ def merge_graphs(
     pos = np.concatenate([pos_a.ravel(), pos_b.ravel()])
     score = np.concatenate([scores_a.ravel(), scores_b.ravel()])
     ok = pos >= 0
-    row, pos, score = row[ok], pos[ok], score[ok]
-    order = np.lexsort((pos, row))
-    row, pos, score = row[order], pos[order], score[order]
-    first = np.ones(len(row), dtype=bool)
-    first[1:] = (row[1:] != row[:-1]) | (pos[1:] != pos[:-1])
-    return top_per_group(row[first], pos[first], score[first], n, k)
+    return top_per_group(*dedupe_pairs(row[ok], pos[ok], score[ok]), n, k)
 
 
 def pivot_pairs(
@@ -423,7 +421,7 @@ def pivot_pairs(
     key, nbr : ndarray of shape (c,), int64
         Candidate pairs (``nbr`` for ``key``), both directions, never an item with itself.
     score : ndarray of shape (c,), float32
-        The pairs' float64 re-scores (:func:`knnspark.kernel._rescore`: the value every other
+        The pairs' float64 re-scores (:func:`knnspark.kernel.rescore`: the value every other
         step gives the same pair).
     """
     r = len(pivot)
@@ -445,7 +443,7 @@ def pivot_pairs(
     one = np.ones((_PAIR_ROWS, 1), dtype=bool)
     for s in range(0, len(a), _PAIR_ROWS):  # bounds the gathered vectors
         sa, sb = a[s : s + _PAIR_ROWS], b[s : s + _PAIR_ROWS]
-        scores[s : s + len(sa)] = _rescore(vecs[sa], vecs, sb[:, None], one[: len(sa)])[:, 0]
+        scores[s : s + len(sa)] = rescore(vecs[sa], vecs, sb[:, None], one[: len(sa)])[:, 0]
     hit = scores >= bar[a]
     return member[a[hit]], member[b[hit]], scores[hit]
 

@@ -13,26 +13,82 @@ The driver then holds the graph: :class:`DriverTable` gives its rows to a writer
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import to_arrow_type
 
-from knnspark import sampling, search, udfs
+from knnspark import cells, evaluate, sampling, search, udfs
+from knnspark.config import KnnConfig
+from knnspark.prepare import Prepared
 from knnspark.progress import RunReport, stage
 
-__all__ = ["DriverTable", "emit", "search_in_memory"]
+__all__ = ["DriverTable", "emit", "search_in_memory", "search_on_driver"]
 
 log = logging.getLogger("knnspark")
 
 #: Most items per task of the emit stage (the table's file count follows).
 EMIT_TASK_ROWS = 250_000
-_MERGED_SCHEMA = "key long, nbr long, rank int, score float"
+
+
+def search_on_driver(
+    spark: SparkSession,
+    prep: Prepared,
+    config: KnnConfig,
+    report: RunReport,
+    kk: int,
+    n_threads: int,
+) -> tuple[Callable[[], DataFrame], int, DriverTable | None]:
+    """The one-cell search on the driver, k-means or exact, with its fill and recall.
+
+    The driver holds every vector in this plan, so items short of k and the recall sample are
+    searched exactly right there, without a Spark scan. Returns what builds the table, how many
+    items have a full top-k, and the table held by the driver (``None`` for string ids the
+    driver has not read).
+    """
+    exact = config.resolved_method == "exact"
+    if prep.items is None:
+        with stage(spark, report, "collect") as info:
+            prep.items = evaluate.collect_items(prep.data, prep)
+            info["rows"] = prep.n_items
+    keys, vecs = prep.items
+    params = cells.cell_search_params(config, kk)
+    log.info(
+        "one cell on the driver: %d x %d vectors (%.0f MB)", len(keys), prep.dim,
+        vecs.nbytes / 2**20,
+    )  # fmt: skip
+    pos, scores = search_in_memory(
+        spark, keys, vecs, params, report, n_threads,
+        target_recall=None if exact else config.target_recall, tune_sample=config.tune_sample,
+    )  # fmt: skip
+    if not exact:
+        with stage(spark, report, "fill-short") as info:
+            n_short = evaluate.fill_short_on_driver(keys, vecs, pos, scores, kk, config.block_bytes)
+            info["rows"] = n_short
+            report.counts["n_items_searched_exactly"] = n_short
+        if config.recall_sample > 0:
+            with stage(spark, report, "recall") as info:
+                report.recall = evaluate.recall_on_driver(
+                    keys, vecs, scores, kk, config.recall_sample, config.seed + 1,
+                    config.block_bytes,
+                )  # fmt: skip
+                info["rows"] = report.recall["n_sample"]
+    driver_table = None
+    if prep.id_map is None or prep.ids is not None:
+        driver_table = DriverTable(
+            keys, pos, scores, prep.ids, to_arrow_type(prep.id_type)
+        )
+    make_merged = functools.partial(emit, spark, keys, pos, scores, report)
+    return make_merged, int((pos[:, kk - 1] >= 0).sum()), driver_table
+
+
 
 
 def search_in_memory(
@@ -121,6 +177,7 @@ def search_in_memory(
         refine_fanout=min(index.k, params.refine_fanout or index.k),
         n_blocks=len(index.blocks),
         block_rows=search.BLOCK_ROWS,
+        probe_block_rows=index.block_rows,
         steps=steps,
         cluster_members_min=int(sizes.min()),
         cluster_members_median=float(np.median(sizes)),
@@ -156,7 +213,7 @@ def emit(
         def fn(batches):
             return udfs.emit_block_batches(batches, result.value, block_rows)
 
-        merged = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(fn, _MERGED_SCHEMA)
+        merged = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(fn, udfs.MERGED_SCHEMA)
     return merged
 
 

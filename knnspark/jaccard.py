@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from knnspark.kernel import DEFAULT_BLOCK_BYTES, _ranked, _select_topk, query_block_rows
+from knnspark.kernel import DEFAULT_BLOCK_BYTES, query_block_rows, ranked, select_topk
 
 __all__ = ["Sets", "jaccard_scores", "topk_jaccard"]
 
@@ -137,9 +137,9 @@ def topk_jaccard(
         if exclude_self:
             rows = np.nonzero(has_self[start:stop])[0]
             scores[rows, self_pos[start:stop][rows]] = -np.inf
-        pos = _select_topk(scores, kk)
+        pos = select_topk(scores, kk)
         sel = np.take_along_axis(scores, pos, axis=1)
         valid = np.isfinite(sel)
         keys = np.where(valid, m_keys[pos], -1)
-        out_keys[start:stop], out_scores[start:stop] = _ranked(keys, sel)
+        out_keys[start:stop], out_scores[start:stop] = ranked(keys, sel)
     return out_keys, out_scores

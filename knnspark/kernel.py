@@ -22,8 +22,13 @@ __all__ = [
     "BucketTopK",
     "bucket_topk_cosine",
     "l2_normalize",
+    "dedupe_pairs",
     "merge_topk",
     "query_block_rows",
+    "rank_within_groups",
+    "ranked",
+    "rescore",
+    "select_topk",
     "topk_cosine",
 ]
 
@@ -66,7 +71,7 @@ def query_block_rows(n_members: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> 
 
     Per (query, member) pair a block holds a float32 score, an int64 ``argpartition`` index, and
     with reverse lists the transposed float32 score and its index again: 24 bytes. The float64
-    re-scoring runs in its own chunks (see :func:`_rescore`).
+    re-scoring runs in its own chunks (see :func:`rescore`).
     """
     per_row = 24 * max(n_members, 1)
     return int(max(1, min(65536, block_bytes // per_row)))
@@ -85,7 +90,7 @@ def _sort_keys(scores: np.ndarray) -> np.ndarray:
     return high | np.arange(scores.shape[1], dtype=np.uint64)[None, :]
 
 
-def _select_topk(scores: np.ndarray, kk: int) -> np.ndarray:
+def select_topk(scores: np.ndarray, kk: int) -> np.ndarray:
     """Column positions of each row's ``kk`` best entries by (score desc, position asc).
 
     One float32 ``argpartition`` finds a candidate set; only rows where the k-th score is tied
@@ -139,7 +144,7 @@ class BucketTopK(NamedTuple):
     reverse_scores: np.ndarray
 
 
-def _rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """float64 cosine of rows ``a[i]`` with ``b[pos[i, j]]``, clipped, ``-inf`` where invalid.
 
     Re-scoring the selected pairs in float64 gives a pair the same score in whatever bucket,
@@ -157,7 +162,7 @@ def _rescore(a: np.ndarray, b: np.ndarray, pos: np.ndarray, valid: np.ndarray) -
     return np.where(valid, out, np.float32(-np.inf))
 
 
-def _ranked(keys: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ranked(keys: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by (score desc, key asc)."""
     order = np.lexsort((keys, -scores), axis=1)
     return np.take_along_axis(keys, order, axis=1), np.take_along_axis(scores, order, axis=1)
@@ -232,28 +237,28 @@ def bucket_topk_cosine(
         if exclude_self:
             rows = np.nonzero(has_self[start:stop])[0]
             scores[rows, self_pos[start:stop][rows]] = -np.inf
-        pos = _select_topk(scores, kk)
+        pos = select_topk(scores, kk)
         valid = np.isfinite(np.take_along_axis(scores, pos, axis=1))
-        exact = _rescore(q_block, m_vecs, pos, valid)
+        exact = rescore(q_block, m_vecs, pos, valid)
         keys = np.where(valid, m_keys[pos], -1)
         # Re-scoring can swap near-equal neighbours: restore (score desc, key asc).
-        out_keys[start:stop], out_scores[start:stop] = _ranked(keys, exact)
+        out_keys[start:stop], out_scores[start:stop] = ranked(keys, exact)
         if reverse:
             # A second BLAS product is cheaper than transposing the score matrix in memory.
             cols = m_vecs @ q_block.T  # (n_m, b)
             if exclude_self:
                 cols[self_pos[start:stop][rows], rows] = -np.inf
             kb = min(kr, stop - start)
-            rpos = _select_topk(cols, kb)
+            rpos = select_topk(cols, kb)
             rvalid = np.isfinite(np.take_along_axis(cols, rpos, axis=1))
-            rexact = _rescore(m_vecs, q_block, rpos, rvalid)
+            rexact = rescore(m_vecs, q_block, rpos, rvalid)
             rkeys = np.where(rvalid, q_keys[start:stop][rpos], -1)
             rev_keys, rev_scores = merge_rows(rev_keys, rev_scores, rkeys, rexact, kr)
     # Queries back in the caller's order.
     inverse = np.empty_like(q_order)
     inverse[q_order] = np.arange(n_q)
     if reverse:
-        rev_keys, rev_scores = _ranked(rev_keys, rev_scores)
+        rev_keys, rev_scores = ranked(rev_keys, rev_scores)
     return BucketTopK(out_keys[inverse], out_scores[inverse], m_keys, rev_keys, rev_scores)
 
 
@@ -312,7 +317,7 @@ def topk_cosine(
         return parts[0].neighbor_keys, parts[0].scores
     # Every chunk's lists hold float64 re-scored cosines, so merging them by (score desc,
     # key asc) gives the same ranking a single pass would; padding (-1, -inf) sorts last.
-    keys, scores = _ranked(
+    keys, scores = ranked(
         np.concatenate([p.neighbor_keys for p in parts], axis=1),
         np.concatenate([p.scores for p in parts], axis=1),
     )
@@ -351,21 +356,49 @@ def merge_topk(
     s = np.asarray(scores, dtype=np.float32)
     if len(q) == 0:
         return q, nb, s, np.zeros(0, dtype=np.int32)
-    # Dedupe: sort by (query, neighbour, score desc) and keep the first of each pair.
-    order = np.lexsort((-s, nb, q))
-    q, nb, s = q[order], nb[order], s[order]
-    first = np.ones(len(q), dtype=bool)
-    first[1:] = (q[1:] != q[:-1]) | (nb[1:] != nb[:-1])
-    q, nb, s = q[first], nb[first], s[first]
-    # Rank: (query asc, score desc, neighbour asc).
-    order = np.lexsort((nb, -s, q))
-    q, nb, s = q[order], nb[order], s[order]
-    starts = np.ones(len(q), dtype=bool)
-    starts[1:] = q[1:] != q[:-1]
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(q)), 0))
-    ranks = (np.arange(len(q)) - group_start + 1).astype(np.int32)
-    keep = ranks <= k
-    return q[keep], nb[keep], s[keep], ranks[keep]
+    q, nb, s = dedupe_pairs(q, nb, s)
+    order, rank = rank_within_groups(q, nb, s)
+    keep = rank < k
+    sel = order[keep]
+    return q[sel], nb[sel], s[sel], (rank[keep] + 1).astype(np.int32)
+
+
+def dedupe_pairs(
+    group: np.ndarray, item: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs (shape (n,) each) with each (group, item) pair once, at its highest
+    score; sorted by (group, item)."""
+    order = np.lexsort((-score, item, group))
+    group, item, score = group[order], item[order], score[order]
+    first = np.ones(len(group), dtype=bool)
+    first[1:] = (group[1:] != group[:-1]) | (item[1:] != item[:-1])
+    return group[first], item[first], score[first]
+
+
+def rank_within_groups(
+    group: np.ndarray, item: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one top-k-per-group order: candidates sorted by (group asc, score desc, item asc).
+
+    Parameters
+    ----------
+    group, item : ndarray of shape (n,), int
+        Each candidate's group (a query) and item (a neighbour); pairs distinct.
+    score : ndarray of shape (n,), float32
+
+    Returns
+    -------
+    order : ndarray of shape (n,), int64
+        The candidates in that order.
+    rank : ndarray of shape (n,), int64
+        The 0-based rank of ``order[i]`` within its group; keep ``rank < k`` for a top-k.
+    """
+    order = np.lexsort((item, -score, group))
+    g = group[order]
+    starts = np.ones(len(g), dtype=bool)
+    starts[1:] = g[1:] != g[:-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(g)), 0))
+    return order, np.arange(len(g)) - first
 
 
 def merge_rows(

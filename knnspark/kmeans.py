@@ -143,14 +143,43 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.
     # is its own, so the chunking changes nothing.
     for s in range(0, len(x), _CENTROID_ROWS):
         sims = np.asarray(x[s : s + _CENTROID_ROWS], dtype=np.float64) @ c64.T
-        if p < n_c:
-            cand = np.argpartition(-sims, p - 1, axis=1)[:, :p]
-        else:
-            cand = np.broadcast_to(np.arange(n_c), sims.shape).copy()
-        cand_sims = np.take_along_axis(sims, cand, axis=1)
-        order = np.lexsort((cand, -cand_sims), axis=1)
-        out[s : s + _CENTROID_ROWS] = np.take_along_axis(cand, order, axis=1)
+        out[s : s + _CENTROID_ROWS] = _top_columns(sims, p)
     return out
+
+
+#: Up to this many columns :func:`_top_columns` takes one argmax at a time.
+_ARGMAX_MAX_P = 16
+
+
+def _top_columns(sims: np.ndarray, p: int) -> np.ndarray:
+    """Columns of the ``p`` largest entries of each row of ``sims`` (shape (b, c)), best first,
+    ties to the lower column: shape (b, p), int32. ``sims`` is overwritten.
+
+    For a few columns, ``p`` passes of argmax (which returns the first, i.e. lowest, of equal
+    maxima) are several times faster than ``argpartition``: a 4096 x 4000 block took 25 ms for
+    p = 1 against 1.1 s, and 70 ms for p = 10 against 210 ms. Every member's fine cluster
+    (p = 1) and each block's probes (p = 10) are such selections.
+    """
+    b, n_c = sims.shape
+    rows = np.arange(b)
+    if p == n_c:
+        return np.lexsort((np.broadcast_to(np.arange(n_c), sims.shape), -sims), axis=1).astype(
+            np.int32
+        )
+    if p <= _ARGMAX_MAX_P:
+        out = np.empty((b, p), dtype=np.int32)
+        for j in range(p):
+            out[:, j] = np.argmax(sims, axis=1)
+            if j + 1 < p:
+                sims[rows, out[:, j]] = -np.inf
+        return out
+    # Every column tied with the p-th best is a candidate, so ties at the cut go to the lower
+    # column (argpartition would pick among them arbitrarily).
+    kth = -np.partition(-sims, p - 1, axis=1)[:, p - 1]
+    cand_r, cand_c = np.nonzero(sims >= kth[:, None])
+    order = np.lexsort((cand_c, -sims[cand_r, cand_c], cand_r))
+    first = np.searchsorted(cand_r[order], rows)
+    return cand_c[order][first[:, None] + np.arange(p)[None, :]].astype(np.int32)
 
 
 def probe_recall_curve(

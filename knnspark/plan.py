@@ -3,8 +3,9 @@
 Every decision of the plan layer lives here, as functions of the session's configuration and
 the table's shape: which search runs (one cell on the driver, cells in Spark tasks, or buckets
 for exact and LSH), how much one cell and the driver may hold, and how many threads search.
-:func:`decide_plan` makes the choice once; the stages (:mod:`knnspark.pipeline`,
-:mod:`knnspark.cells`, :mod:`knnspark.inmemory`) and the CLI's writer read the value.
+:func:`decide_plan` makes the choice once (:func:`knnspark.run.compute_neighbors` calls it);
+the stages (:mod:`knnspark.cells`, :mod:`knnspark.inmemory`, :mod:`knnspark.bucket_search`)
+and the CLI's writer read the value.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Either way the blocks run in a pool of threads with one BLAS thread each:
 
 1. fine spherical k-means on a seeded hash sample of the cell's members;
 2. ``probe``: each item's top-k among the members of its ``n_probe`` nearest fine clusters,
-   its own first (:func:`knnspark.graph.probed_topk`), in blocks of :data:`BLOCK_ROWS`
-   items taken in cluster order (a block's queries share most of their probes);
+   its own first (:func:`knnspark.graph.probed_topk`), in blocks of :func:`block_rows`
+   items taken in cluster order (a block's queries share their own clusters);
 3. ``refine`` x ``n_refine``: each item re-scores its neighbours' neighbours and the items that
    list it (:func:`knnspark.graph.refine_topk`), keeping the best k. On real embeddings one
    round lifts recall far more cheaply than more probes (a round costs about three probes).
@@ -38,6 +38,7 @@ from knnspark.metrics import recall_per_item
 __all__ = [
     "BLOCK_ROWS",
     "CellIndex",
+    "block_rows",
     "CellSearch",
     "probes_home_first",
     "run_step",
@@ -52,6 +53,16 @@ __all__ = [
 #: one core, n_probe 6 on the word set, 32,768 queries took 3.6-3.7 s in 8,192-row blocks
 #: against 4.1-4.6 s in 4,096-row ones.
 BLOCK_ROWS = 8192
+#: A block holds at least this many queries per fine cluster of the cell. A block's queries
+#: probe most clusters (1M x 64 synthetic, 1,000 clusters: ~900 distinct per 8,192-row block),
+#: and each probed cluster's members are gathered once per block, so with fixed blocks the
+#: gathers grow as items x clusters, i.e. as N squared: probing 2M x 64 took 160 s in 8,192-row
+#: blocks against 104 s in 65,536-row ones (1M: 43.5 s against 36.4 s at 32,768; the
+#: 320k word set: 34.1 s against 31.3 s at 16,384). The graph does not depend on the blocks.
+QUERIES_PER_CLUSTER = 32
+#: Most working bytes of one block (per thread): its query vectors (float32) and its candidate
+#: pairs (up to 4 k per query before they are compacted, 20 bytes each, and a copy).
+BLOCK_WORK_BYTES = 128 * 1024 * 1024
 #: Most refinement rounds a target-recall run adds after one probe pass before it probes more.
 MAX_ROUNDS_PER_PASS = 3
 #: Default probes (or every cluster, when fewer).
@@ -128,6 +139,17 @@ class CellSearch:
         return (("probe", n_probe), *(("refine", r) for r in range(1, n_refine + 1)))
 
 
+def block_rows(n_clusters: int, dim: int, k: int) -> int:
+    """Queries per block of a cell of ``n_clusters`` fine clusters: a multiple of
+    :data:`BLOCK_ROWS`, about :data:`QUERIES_PER_CLUSTER` per cluster, within
+    :data:`BLOCK_WORK_BYTES`. It depends on the cell alone (never on threads), so blocks, and
+    with them every float32 product, are the same on any machine."""
+    want = -(-QUERIES_PER_CLUSTER * n_clusters // BLOCK_ROWS)  # in BLOCK_ROWS, rounded up
+    row_bytes = 4 * max(dim, 1) + 2 * 4 * max(k, 1) * 20
+    cap = BLOCK_WORK_BYTES // (row_bytes * BLOCK_ROWS)
+    return BLOCK_ROWS * max(1, min(want, cap))
+
+
 def probes_home_first(
     x: np.ndarray, home: np.ndarray, centroids: np.ndarray, n_probe: int
 ) -> np.ndarray:
@@ -182,7 +204,12 @@ class CellIndex:
         self.home = nearest_centroids(vecs, self.centroids, 1)[:, 0]
         self.cluster_rows = np.lexsort((np.arange(m), self.home)).astype(np.int64)
         self.offsets = np.searchsorted(self.home[self.cluster_rows], np.arange(n_clusters + 1))
-        self.blocks = [self.cluster_rows[s : s + BLOCK_ROWS] for s in range(0, m, BLOCK_ROWS)]
+        # Probes in blocks that grow with the clusters (:func:`block_rows`); rounds in fixed
+        # ones: a round gathers its queries' lists, not clusters, and larger blocks only slowed
+        # it (1M x 64: 34 s a round in 32,768-row blocks against 29.8 s in 8,192-row ones).
+        self.block_rows = block_rows(n_clusters, vecs.shape[1], self.k)
+        self.probe_blocks = self._blocks(self.block_rows)
+        self.blocks = self._blocks(BLOCK_ROWS)
         self._last: np.ndarray | None = None  # the graph the last round started from
 
     @property
@@ -192,7 +219,14 @@ class CellIndex:
     def cluster_sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def _run(self, fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]):
+    def _blocks(self, rows: int) -> list[np.ndarray]:
+        return [self.cluster_rows[s : s + rows] for s in range(0, len(self.cluster_rows), rows)]
+
+    def _run(
+        self,
+        fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        blocks: list[np.ndarray],
+    ):
         """``fn(rows) -> (pos, scores)`` over every block, assembled into a graph.
 
         numpy releases the GIL in the products, sorts and gathers, so ``n_threads`` threads of
@@ -208,16 +242,16 @@ class CellIndex:
             p, s = fn(rows)
             pos[rows], scores[rows] = p, s
 
-        n_blocks = len(self.blocks)
+        n_blocks = len(blocks)
         with threadpool_limits(1, user_api="blas"):
             if self.n_threads == 1:
-                for done, rows in enumerate(self.blocks, start=1):
+                for done, rows in enumerate(blocks, start=1):
                     one(rows)
                     if self.progress:
                         self.progress(done, n_blocks)
             else:
                 with ThreadPoolExecutor(self.n_threads, thread_name_prefix="knnspark-cell") as pool:
-                    for done, _ in enumerate(pool.map(one, self.blocks), start=1):
+                    for done, _ in enumerate(pool.map(one, blocks), start=1):
                         if self.progress:
                             self.progress(done, n_blocks)
         return pos, scores
@@ -236,7 +270,7 @@ class CellIndex:
                 block_bytes=block_bytes,
             )  # fmt: skip
 
-        return self._run(fn)
+        return self._run(fn, self.probe_blocks)
 
     def refine(
         self, pos: np.ndarray, scores: np.ndarray
@@ -255,7 +289,7 @@ class CellIndex:
                 fanout=fanout, fresh_top=fresh_top, scores=scores,
             )  # fmt: skip
 
-        new_pos, new_scores = self._run(fn)
+        new_pos, new_scores = self._run(fn, self.blocks)
         return new_pos, new_scores, float(np.mean(new_pos != pos))
 
 

@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +72,24 @@ _OUTPUT_BATCH_ROWS = 8192
 #: of every task running a knnspark UDF fails (retry-safety tests, under a ``local[n,retries]``
 #: master). Never set it in production.
 FAIL_FIRST_ATTEMPT_ENV = "KNNSPARK_FAIL_FIRST_ATTEMPT"
+
+
+#: Candidate rows (an item, a neighbour, their score) every search stage produces.
+CANDIDATES_SCHEMA = "key long, nbr long, score float"
+#: Each item's merged top-k (rank 1..k), before ids are attached.
+MERGED_SCHEMA = "key long, nbr long, rank int, score float"
+
+
+def table_udf(fn: Any, **kwargs: Any) -> Any:
+    """``fn(table, **kwargs)`` as a typed ``pa.Table -> pa.Table`` function.
+
+    ``applyInArrow`` infers the UDF kind from type hints, which a ``functools.partial`` lacks.
+    """
+
+    def apply(table: pa.Table) -> pa.Table:
+        return fn(table, **kwargs)
+
+    return apply
 
 
 def _maybe_fail(where: str) -> None:
@@ -630,7 +649,6 @@ def emit_block_batches(
 #: The rows a cell task gets: its group (a cell, or a hash part of an oversized one), the
 #: member's key and packed unit vector, and whether the cell is the member's nearest.
 CELL_ROWS_SCHEMA = "grp int, key long, vec binary, home boolean"
-CELL_CANDIDATES_SCHEMA = "key long, nbr long, score float"
 
 
 def cell_assign_batches(

@@ -69,6 +69,21 @@ def test_nearest_centroids_is_sorted_and_seeded():
     assert np.array_equal(probes[:, 0], np.argmax(sims, axis=1))
 
 
+@pytest.mark.parametrize("n_probe", [1, 2, 10, 16, 17, 40])
+def test_nearest_centroids_breaks_ties_at_the_cut_by_the_lower_index(n_probe):
+    # Tied centroids (exact copies) straddle the cut for some rows: the lower index must win,
+    # as in a full (score desc, index asc) sort in float64.
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 5))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = rng.standard_normal((60, 5))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    c[40:] = c[:20]  # every centroid 0-19 has a twin with a higher index
+    sims = x @ c.T
+    full = np.lexsort((np.broadcast_to(np.arange(60), sims.shape), -sims), axis=1)
+    np.testing.assert_array_equal(nearest_centroids(x, c, n_probe), full[:, :n_probe])
+
+
 def test_work_cap_cuts_the_larger_side():
     # one hot cluster (9000 members, 30000 queries) and a normal one
     plan = BucketPlan.from_counts(

@@ -161,7 +161,7 @@ def test_archive_submit_local_cluster_minhash(env_archive, tmp_path):
 def test_register_table_sees_every_date_partition(spark, small_input, tmp_path):
     from knnspark import io
     from knnspark.config import KnnConfig
-    from knnspark.pipeline import build_neighbors
+    from knnspark.run import build_neighbors
 
     df = spark.read.parquet(str(small_input)).limit(300)
     table = build_neighbors(df, KnnConfig(k=2, method="exact"))

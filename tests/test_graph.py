@@ -198,3 +198,25 @@ def test_fresh_flags_with_a_fanout_skip_only_pairs_already_scored():
     np.testing.assert_array_equal(flagged[1], full[1])
     with pytest.raises(ValueError, match="fresh_top"):
         graph.refine_topk(vecs, q, g1, rev, k, fresh, fanout=m)
+
+
+def test_the_cell_graph_does_not_depend_on_the_block_size(monkeypatch):
+    """Blocks grow with the cell's clusters (a block's probes reach most clusters, so fixed
+    blocks gather every member per block); the graph must be the same at any block size."""
+    from knnspark import search
+
+    x, _, _, _, _ = _clustered_index(3000, 12, 20, seed=6, dup=25)
+    keys = np.arange(len(x), dtype=np.int64) * 3
+    params = search.CellSearch(k=7, n_clusters=30, n_probe=4, n_refine=2, seed=2)
+    graphs = []
+    for rows, per_cluster in ((64, 32), (256, 32), (8192, 32), (64, 100)):
+        monkeypatch.setattr(search, "BLOCK_ROWS", rows)
+        monkeypatch.setattr(search, "QUERIES_PER_CLUSTER", per_cluster)
+        pos, scores, _ = search.search_cell(keys, x, params, n_threads=2)
+        index = search.CellIndex(keys, x, params)
+        graphs.append((pos, scores, len(index.blocks)))
+    assert len({g[2] for g in graphs}) >= 3  # the blocks really differed
+    for pos, scores, _ in graphs[1:]:
+        np.testing.assert_array_equal(pos, graphs[0][0])
+        np.testing.assert_array_equal(scores, graphs[0][1])
+    assert search.block_rows(2000, 64, 10) > search.block_rows(100, 64, 10)

@@ -11,7 +11,7 @@ import pytest
 
 from knnspark.config import KnnConfig
 from knnspark.generate import synthetic_embeddings
-from knnspark.pipeline import compute_neighbors
+from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 
 ROOT = Path(__file__).resolve().parents[1]

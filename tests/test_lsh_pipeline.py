@@ -7,7 +7,7 @@ import pytest
 from knnspark.config import KnnConfig
 from knnspark.errors import ConfigError, InputError
 from knnspark.generate import synthetic_sets
-from knnspark.pipeline import compute_neighbors
+from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 from tests.oracle import brute_force_jaccard, brute_force_topk
 

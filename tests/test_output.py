@@ -8,7 +8,7 @@ import pytest
 
 from knnspark import cli, io
 from knnspark.config import KnnConfig
-from knnspark.pipeline import compute_neighbors
+from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 
 

@@ -11,8 +11,8 @@ import pytest
 from knnspark import plan
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
-from knnspark.pipeline import compute_neighbors
 from knnspark.progress import RunReport, stage
+from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 from tests.oracle import assert_topk_matches, brute_force_topk
 
@@ -262,7 +262,7 @@ def test_driver_prepared_input_gives_the_spark_prepared_table(
 ):
     """A table the in-memory plan takes is validated on the driver (no cached copy, no collect
     stage); the result is the table the Spark validation pass leads to, row for row."""
-    from knnspark import pipeline
+    from knnspark import run as pipeline
 
     keys, x = clustered
     keys, x = keys[:1500], x[:1500]
@@ -301,7 +301,7 @@ def test_invalid_rows_fall_back_to_the_spark_validation(spark, clustered):
 def test_only_cheap_inputs_are_counted_up_front(spark, clustered):
     """An input that is costly to compute (here a join) takes the Spark validation pass, which
     computes it once; a plain scan is validated on the driver."""
-    from knnspark.pipeline import _cheap_to_count
+    from knnspark.prepare import _cheap_to_count
 
     keys, x = clustered
     df = to_df(spark, keys[:300], x[:300])

@@ -6,7 +6,7 @@ import pytest
 from knnspark.config import KnnConfig
 from knnspark.errors import ConfigError
 from knnspark.kmeans import nearest_centroids, probe_recall_curve
-from knnspark.pipeline import compute_neighbors
+from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 from tests.oracle import brute_force_topk
 
