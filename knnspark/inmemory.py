@@ -60,10 +60,6 @@ def search_on_driver(
             info["rows"] = prep.n_items
     keys, vecs = prep.items
     params = cells.cell_search_params(config, kk)
-    log.info(
-        "one cell on the driver: %d x %d vectors (%.0f MB)", len(keys), prep.dim,
-        vecs.nbytes / 2**20,
-    )  # fmt: skip
     pos, scores = search_in_memory(
         spark, keys, vecs, params, report, n_threads,
         target_recall=None if exact else config.target_recall, tune_sample=config.tune_sample,

@@ -136,20 +136,9 @@ def driver_budget_mb(
 def fits_driver(
     spark: SparkSession, n_items: int, dim: int, config: KnnConfig, through_jvm: bool = True
 ) -> bool:
-    """Whether the float32 unit vectors fit the driver's one-cell budget (logged if not)."""
-    need = n_items * dim * 4 / 2**20
-    budget, reason = driver_budget_mb(spark, config, through_jvm)
-    if need <= budget:
-        return True
-    log.info(
-        "cells: %d x %d vectors (%.0f MB) exceed the driver's one-cell budget of %.0f MB (%s)",
-        n_items,
-        dim,
-        need,
-        budget,
-        reason,
-    )
-    return False
+    """Whether the float32 unit vectors fit the driver's one-cell budget."""
+    budget, _ = driver_budget_mb(spark, config, through_jvm)
+    return n_items * dim * 4 / 2**20 <= budget
 
 
 #: Largest table a cluster's driver searches itself when ``driver_search_max_items`` is unset.
@@ -225,6 +214,17 @@ class RunPlan:
     @property
     def on_driver(self) -> bool:
         return self.search == "driver"
+
+    def describe(self) -> str:
+        """One log line: what runs where, and why."""
+        mb = self.n_items * self.dim * 4 / 2**20
+        shape = f"{self.n_items} x {self.dim} vectors ({mb:.0f} MB)"
+        budget = f"the driver's one-cell budget of {self.driver_max_mb:.0f} MB"
+        if self.search == "driver":
+            return f"one cell on the driver: {shape} within {budget} ({self.driver_max_mb_from})"
+        if self.search == "cells" and mb > self.driver_max_mb:
+            return f"cells: {shape} exceed {budget} ({self.driver_max_mb_from})"
+        return f"{self.search} ({self.method}): {shape}"
 
     @property
     def name(self) -> str:

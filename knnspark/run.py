@@ -89,6 +89,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     if prep is None:
         prep = prepare_input(df, config, report)
         run_plan = decide_plan(spark, config, prep.n_items, prep.dim)
+    log.info("plan: %s", run_plan.describe())
     n = prep.n_items
     kk = min(config.k, max(n - 1, 0))
     report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)

@@ -22,7 +22,7 @@ from knnspark.buckets import BucketPlan
 from knnspark.config import KnnConfig
 from knnspark.generate import write_synthetic
 from knnspark.kmeans import fit_spherical_kmeans
-from knnspark.run import prepare_input
+from knnspark.prepare import prepare_input
 from knnspark.session import get_session
 
 

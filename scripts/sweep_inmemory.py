@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from knnspark import graph, kernel, udfs
-from knnspark.inmemory import BLOCK_ROWS
+from knnspark import graph, kernel
 from knnspark.kmeans import nearest_centroids
+from knnspark.search import BLOCK_ROWS, probes_home_first
 
 K = 10
 
@@ -74,7 +74,7 @@ def main() -> None:
             sc = np.full((n, K), -np.inf, np.float32)
             for b in range(0, n, BLOCK_ROWS):
                 rows = rows_by_cluster[b : b + BLOCK_ROWS]
-                probes_ = udfs._probes_home_first(x[rows], home[rows], cent, n_probe)
+                probes_ = probes_home_first(x[rows], home[rows], cent, n_probe)
                 pos[rows], sc[rows] = graph.probed_topk(
                     x, rows, probes_, rows_by_cluster, offsets, K,
                     block_bytes=kernel.DEFAULT_BLOCK_BYTES,
