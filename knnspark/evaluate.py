@@ -257,12 +257,12 @@ def fill_short_on_driver(
     keys : ndarray of shape (n,), int64
         Item keys, ascending.
     vecs : ndarray of shape (n, d), float32
-    pos : ndarray of shape (n, kk), int64
+    pos : ndarray of shape (n, kk), int64, kk >= 1
         Neighbour positions in ``keys`` (``-1`` padding), updated in place.
     scores : ndarray of shape (n, kk), float32
         Updated in place.
     """
-    short = np.flatnonzero(pos[:, -1] < 0) if kk else np.zeros(0, dtype=np.int64)
+    short = np.flatnonzero(pos[:, -1] < 0)
     if len(short):
         nbr, s = kernel.topk_cosine(
             vecs[short], keys[short], vecs, keys, kk, block_bytes=block_bytes

@@ -78,13 +78,9 @@ def search_on_driver(
                 info["rows"] = report.recall["n_sample"]
     driver_table = None
     if prep.id_map is None or prep.ids is not None:
-        driver_table = DriverTable(
-            keys, pos, scores, prep.ids, to_arrow_type(prep.id_type)
-        )
+        driver_table = DriverTable(keys, pos, scores, prep.ids, to_arrow_type(prep.id_type))
     make_merged = functools.partial(emit, spark, keys, pos, scores, report)
     return make_merged, int((pos[:, kk - 1] >= 0).sum()), driver_table
-
-
 
 
 def search_in_memory(

@@ -205,8 +205,8 @@ class CellIndex:
         self.cluster_rows = np.lexsort((np.arange(m), self.home)).astype(np.int64)
         self.offsets = np.searchsorted(self.home[self.cluster_rows], np.arange(n_clusters + 1))
         # Probes in blocks that grow with the clusters (:func:`block_rows`); rounds in fixed
-        # ones: a round gathers its queries' lists, not clusters, and larger blocks only slowed
-        # it (1M x 64: 34 s a round in 32,768-row blocks against 29.8 s in 8,192-row ones).
+        # ones: a round gathers its queries' lists, not clusters, so larger blocks give it
+        # nothing to share (1M x 64 rounds took 29-36 s at either size, run to run).
         self.block_rows = block_rows(n_clusters, vecs.shape[1], self.k)
         self.probe_blocks = self._blocks(self.block_rows)
         self.blocks = self._blocks(BLOCK_ROWS)
