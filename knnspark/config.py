@@ -251,7 +251,7 @@ class KnnConfig:
         is then ``10 x target_bucket_size`` pairs whatever the table size, so run time grows
         linearly with the number of items. Measured recall@10 at this default: 0.98 on the real
         384-d word embeddings with two refinement rounds in one cell; 0.998 on clustered
-        synthetic tables (see the README).
+        synthetic tables (see docs/performance.md).
         """
         if self.n_probe is not None:
             return min(self.n_probe, n_clusters)

@@ -3,7 +3,7 @@
 Runs :func:`knnspark.graph.probed_topk` and :func:`knnspark.graph.refine_topk` over every item
 of an ``.npy`` embedding matrix (no Spark), with k-means fit on all rows, and prints the search
 and per-round times with recall@10 on a seeded 2,000-item exact sample. Used for the "Finer
-clusters" table in the README::
+clusters" table in docs/performance.md::
 
     OPENBLAS_NUM_THREADS=1 python scripts/sweep_inmemory.py ../shared/data/words_en_100k.f16.npy
 

@@ -6,7 +6,7 @@ run's data interval, so a run (and every retry or backfill of it) writes exactly
 is what makes retries safe. Executors run the packed environment built by
 ``deploy/build_env_archive.sh`` (shipped with ``--archives``).
 
-Set up (see the README's deployment section):
+Set up (see docs/deployment.md):
 
 - a Spark connection ``spark_default`` (host ``yarn``, ``k8s://...``, or ``spark://...``);
 - Airflow Variables ``knnspark_home`` (where the repo's ``jobs/`` lives on the Airflow worker),
