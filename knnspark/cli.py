@@ -351,6 +351,14 @@ def _compute_and_publish(
     staged: list[Any],
 ) -> int:
     from knnspark import io
+    from knnspark.manifest import (
+        SCHEMA_VERSION,
+        InputInfo,
+        Manifest,
+        OutputInfo,
+        RecallEstimate,
+        SparkInfo,
+    )
     from knnspark.progress import group_jobs
     from knnspark.run import OUTPUT_COLUMNS, compute_neighbors
     from knnspark.session import class_archive_in_use, driver_jit
@@ -385,31 +393,35 @@ def _compute_and_publish(
         report.stage_rows["write"] = report.counts["n_output_rows"]
         report.job_ids.update(group_jobs(spark, "knnspark-write") - write_jobs)
         report.record_shuffle(spark, report.counts.get("n_items", 0))
-        return {
-            "knnspark_version": __version__,
-            "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "wall_time_s": round(time.perf_counter() - t0, 3),
-            "input": {"path": job["input"], "format": job["input_format"]},
-            "output": {
-                "path": target,
-                "table": job["output"],
-                "partition_date": job["partition_date"],
-                "mode": job["mode"],
-                "columns": list(OUTPUT_COLUMNS),
-                "rejected_rows": rejected_target,
-            },
-            "parameters": dataclasses.asdict(config),
-            "spark": {
-                "version": spark.version,
-                "master": spark.sparkContext.master,
-                "default_parallelism": spark.sparkContext.defaultParallelism,
-                "worker_python": _worker_python(spark),
-                "class_archive": class_archive_in_use(spark),
-                "driver_jit": driver_jit(spark),
-            },
-            **report.to_dict(),
-        }
+        sections = report.to_dict()
+        recall = sections.pop("recall")
+        return Manifest(
+            schema_version=SCHEMA_VERSION,
+            knnspark_version=__version__,
+            started_at=started.isoformat(),
+            finished_at=datetime.now(timezone.utc).isoformat(),
+            wall_time_s=round(time.perf_counter() - t0, 3),
+            input=InputInfo(path=job["input"], format=job["input_format"]),
+            output=OutputInfo(
+                path=target,
+                table=job["output"],
+                partition_date=job["partition_date"],
+                mode=job["mode"],
+                columns=list(OUTPUT_COLUMNS),
+                rejected_rows=rejected_target,
+            ),
+            parameters=dataclasses.asdict(config),
+            spark=SparkInfo(
+                version=spark.version,
+                master=spark.sparkContext.master,
+                default_parallelism=spark.sparkContext.defaultParallelism,
+                worker_python=_worker_python(spark),
+                class_archive=class_archive_in_use(spark),
+                driver_jit=driver_jit(spark),
+            ),
+            recall=None if recall is None else RecallEstimate(**recall),
+            **sections,
+        ).to_dict()
 
     # The in-memory plan's driver holds the finished table: pyarrow writes it to a local
     # target (no emit tasks, no Python workers; 100k items x 10 neighbours in 0.2 s against

@@ -228,7 +228,8 @@ class RunPlan:
 
     @property
     def name(self) -> str:
-        """The manifest's ``resolved.plan``: ``in-memory``, ``cells`` or ``shuffle``."""
+        """The manifest's ``resolved.plan``: ``in-memory``, ``cells``, ``shuffle`` (exact and LSH
+        buckets) or ``none`` (a table with no pair to score)."""
         return _PLAN_NAMES[self.search]
 
 

@@ -94,6 +94,7 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     kk = min(config.k, max(n - 1, 0))
     report.counts.update(n_items=n, dim=prep.dim, k_effective=kk)
     report.resolved["method"] = config.resolved_method
+    report.resolved["plan"] = run_plan.name
     driver_table = None
     if run_plan.search == "none":
         return NeighborResult(
@@ -102,7 +103,6 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
             plan=run_plan,
             rejected=prep.rejected,
         )
-    report.resolved["plan"] = run_plan.name
     if run_plan.on_driver:
         # Search, fill and recall by the driver, which holds every vector.
         report.resolved["search_on"] = "driver"

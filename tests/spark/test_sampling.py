@@ -47,17 +47,6 @@ def test_samples_equal_the_spark_expressions(spark, keys, keys_df, seed):
     assert 200 < len(rows) < 400  # about `size` of 2,105 keys
 
 
-def test_sample_sizes_at_the_edges():
-    keys = np.arange(100, dtype=np.int64)
-    assert len(sampling.sample_rows(keys, 0, 100)) == 100  # threshold = everything
-    assert len(sampling.sample_rows(keys, 0, 10_000)) == 100
-    rows = sampling.sample_rows(keys, 0, 30)
-    assert 10 < len(rows) < 50 and np.all(np.diff(rows) > 0)
-    assert len(sampling.sample_rows(keys, 0, 0)) == 0
-    # A different seed is a different sample (independent samples per use).
-    assert not np.array_equal(rows, sampling.sample_rows(keys, 1, 30))
-
-
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_partition_labels_give_each_label_a_spark_partition_of_its_own(spark, n):
     from pyspark.sql import functions as F

@@ -8,6 +8,7 @@ import pytest
 
 from knnspark import cli, io
 from knnspark.config import KnnConfig
+from knnspark.manifest import Manifest
 from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 
@@ -110,6 +111,7 @@ def test_partition_date_replaces_only_its_partition(spark, tmp_path):
     counts = {str(r.dt): r["count"] for r in table.groupBy("dt").count().collect()}
     assert counts == {"2026-11-01": 30 * 4, "2026-11-02": 30 * 2}
     manifest = json.loads((out / "dt=2026-11-01" / "_manifest.json").read_text())
+    Manifest.from_dict(manifest)  # the typed schema holds
     assert manifest["parameters"]["k"] == 4 and manifest["output"]["partition_date"] == "2026-11-01"
     # an empty result clears its partition explicitly (no stale rows survive)
     assert _run("--input", empty, "--output", out, "--partition-date", "2026-11-02") == 0

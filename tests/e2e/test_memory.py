@@ -14,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from knnspark.generate import synthetic_embeddings
+from knnspark.manifest import Manifest
 from knnspark.udfs import matrix_to_list
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N, DIM, K, CELL_MB, BUDGET = 45_000, 768, 5, 20.0, "700m"
 CAP = int(CELL_MB * 2**20 // (DIM * 4))  # members a cell may hold
 
 
-@pytest.mark.slow
 def test_skewed_bucket_fits_a_small_python_memory_budget(tmp_path):
     x = synthetic_embeddings(N, DIM, seed=3)
     x[: N // 3] = x[0]  # one default/padding vector shared by a third of the table
@@ -45,6 +44,7 @@ def test_skewed_bucket_fits_a_small_python_memory_budget(tmp_path):
     assert "MemoryError" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "_manifest.json").read_text())
+    Manifest.from_dict(manifest)  # the typed schema holds
     res = manifest["resolved"]
     assert res["plan"] == "cells" and res["cell_max_members"] == CAP
     assert res["n_cells_split"] >= 1  # the hot cell was cut into parts
@@ -67,10 +67,11 @@ def _cells_run(tmp_path, n):
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / "_manifest.json").read_text())
+    Manifest.from_dict(manifest)  # the typed schema holds, for a run in cells too
+    return manifest
 
 
-@pytest.mark.slow
 def test_python_worker_peak_memory_stays_flat_as_the_table_grows(tmp_path):
     # 4x the items is 4x the cells, not bigger ones: a Python worker's peak memory (over every
     # task it ran: validation, assignment, its cells, the merge, the exact scans) stays within

@@ -136,17 +136,3 @@ def test_local_input_bytes_sums_local_files_and_skips_remote_paths(tmp_path):
     assert local_input_bytes(str(table / "part-0.parquet")) == 100
     assert local_input_bytes(str(tmp_path / "missing")) is None
     assert local_input_bytes("s3a://bucket/embeddings") is None
-
-
-def test_python_workers_get_one_blas_thread(spark):
-    """Set through spark.executorEnv, not the driver's environment (whose numpy keeps its
-    threads for the driver-side work)."""
-
-    def report(batches):
-        import pyarrow as pa
-
-        for _ in batches:
-            yield pa.RecordBatch.from_pydict({"v": [os.environ.get("OPENBLAS_NUM_THREADS")]})
-
-    got = spark.range(2, numPartitions=2).mapInArrow(report, "v string").collect()
-    assert [r.v for r in got] == ["1", "1"]

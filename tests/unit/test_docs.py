@@ -11,7 +11,7 @@ import pytest
 
 from knnspark.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 #: The README is for users; measurements and internals live in docs/.

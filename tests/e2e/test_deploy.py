@@ -22,7 +22,7 @@ import pytest
 from knnspark.cli import build_parser, resolve_run_args
 from knnspark.generate import write_synthetic, write_synthetic_sets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KNNSPARK_CACHE", Path.home() / ".cache" / "knnspark"))
 SUBMIT = Path(sys.executable).parent / "spark-submit"
 DATE = "2026-11-22"

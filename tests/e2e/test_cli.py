@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from knnspark.manifest import Manifest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _knnspark(*args, check=True, env=None):
@@ -59,6 +61,7 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     assert summary["n_output_rows"] == 4000 * 5  # --k 5 overrides the file's k = 4
     assert "stage search-p2 done" in proc.stderr  # progress is logged (in-memory plan)
     manifest = json.loads((out / "_manifest.json").read_text())
+    Manifest.from_dict(manifest)  # the typed schema holds
     assert manifest["parameters"]["k"] == 5 and manifest["parameters"]["n_probe"] == 2
     assert 0.0 <= manifest["recall"]["ci95_low"] <= manifest["recall"]["recall_at_k"]
     assert manifest["counts"]["n_items"] == 4000

@@ -14,7 +14,7 @@ from knnspark.generate import synthetic_embeddings
 from knnspark.run import compute_neighbors
 from tests.conftest import to_df
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(table):
