@@ -572,23 +572,6 @@ def scan_topk_batches(
     )
 
 
-def bucket_topk_pandas(pdf, k: int, dim: int, block_bytes: int, reverse: bool):
-    """``applyInPandas`` twin of :func:`bucket_topk` (kept to measure the two UDF kinds)."""
-    vectors = (
-        np.frombuffer(b"".join(pdf["vec"]), dtype=np.float32).reshape(len(pdf), dim)
-        if len(pdf)
-        else np.zeros((0, dim), np.float32)
-    )
-    table = pa.table(
-        {
-            "key": pdf["key"].to_numpy(dtype=np.int64),
-            "role": pdf["role"].to_numpy(),
-            "vec": matrix_to_binary(vectors),
-        }
-    )
-    return bucket_topk(table, k, dim, block_bytes, reverse).to_pandas()
-
-
 # --------------------------------------------------------------------------- in-memory search
 #: Schema of the in-memory search jobs: query position, rank, neighbour position, score.
 GRAPH_SCHEMA = "row long, rank int, nbr long, score float"

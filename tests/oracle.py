@@ -1,4 +1,5 @@
-"""The exact oracle: numpy brute force on the full similarity matrix (float64)."""
+"""The exact oracle (numpy brute force on the full similarity matrix, float64) and the checks
+every test of a neighbour table shares: the invariants, and recall against the oracle."""
 
 from __future__ import annotations
 
@@ -63,3 +64,49 @@ def brute_force_jaccard(sets: list, keys: np.ndarray, k: int) -> tuple[np.ndarra
                 sims[i, j] = len(a & b) / len(a | b)
     order = np.lexsort((np.broadcast_to(keys, sims.shape), -sims), axis=1)[:, :k]
     return keys[order], np.take_along_axis(sims, order, axis=1)
+
+
+def table_arrays(table) -> dict[str, np.ndarray]:
+    """A neighbour table's columns as arrays, rows ordered by (item_id, rank)."""
+    t = table.toArrow() if hasattr(table, "toArrow") else table
+    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
+    return {c: t.column(c).to_numpy()[order] for c in t.column_names}
+
+
+def assert_invariants(table, ids, k: int) -> dict:
+    """The table's promises: columns ``item_id, neighbor_id, rank (int), score (float)``;
+    exactly ``min(k, N - 1)`` rows per item, ranks 1..k, never itself, no neighbour twice,
+    scores in [-1, 1] and non-increasing. Returns ``item -> (neighbours, scores, ranks)``."""
+    assert table.columns == ["item_id", "neighbor_id", "rank", "score"]
+    types = dict(table.dtypes)
+    assert types["rank"] == "int" and types["score"] == "float"
+    rows = table.orderBy("item_id", "rank").collect()
+    by_item: dict = {}
+    for r in rows:
+        nbrs, scores, ranks = by_item.setdefault(r.item_id, ([], [], []))
+        nbrs.append(r.neighbor_id)
+        scores.append(r.score)
+        ranks.append(r.rank)
+    kk = min(k, len(ids) - 1)
+    assert len(rows) == len(ids) * kk
+    assert set(by_item) == (set(ids) if kk else set())
+    for item, (nbrs, scores, ranks) in by_item.items():
+        assert ranks == list(range(1, kk + 1))
+        assert item not in nbrs
+        assert len(set(nbrs)) == kk
+        assert all(-1.0 <= s <= 1.0 for s in scores)
+        assert all(a >= b for a, b in zip(scores, scores[1:]))
+    return by_item
+
+
+def tie_aware_recall(got_scores: np.ndarray, want_scores: np.ndarray) -> float:
+    """Recall@k of returned scores (shape (n, k)) against the exact top-k scores of the same
+    items: a returned neighbour counts when it reaches the item's true k-th score."""
+    return float(np.mean(got_scores >= want_scores[:, -1:] - 1e-6))
+
+
+def oracle_recall(table, keys: np.ndarray, x: np.ndarray, k: int) -> float:
+    """Recall@k of a whole neighbour table against :func:`brute_force_topk` (tie-aware)."""
+    got = table_arrays(table)["score"].reshape(-1, k)
+    _, want, _ = brute_force_topk(x, keys, k)
+    return tie_aware_recall(got, want[np.argsort(keys)])

@@ -9,42 +9,24 @@ from knnspark.errors import ConfigError, InputError
 from knnspark.generate import synthetic_sets
 from knnspark.run import compute_neighbors
 from tests.conftest import to_df
-from tests.oracle import brute_force_jaccard, brute_force_topk
-
-
-def _rows(table):
-    t = table.toArrow()
-    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
-    return {c: t.column(c).to_numpy()[order] for c in t.column_names}
-
-
-def _check_invariants(r, keys, kk):
-    """Exactly kk neighbours per item, ranks 1..kk, no self, no repeats, scores non-increasing."""
-    assert len(r["item_id"]) == len(keys) * kk
-    items = r["item_id"].reshape(len(keys), kk)
-    assert np.array_equal(items[:, 0], np.sort(keys))
-    assert np.all(r["rank"].reshape(-1, kk) == np.arange(1, kk + 1))
-    nbrs = r["neighbor_id"].reshape(-1, kk)
-    assert not np.any(nbrs == items)
-    assert all(len(set(row)) == kk for row in nbrs.tolist())
-    assert np.all(np.diff(r["score"].reshape(-1, kk), axis=1) <= 1e-6)
-
-
-def _recall(got_scores, want_scores):
-    """Tie-aware recall: returned scores reaching each item's true k-th score."""
-    kth = want_scores[:, -1:]
-    return float(np.mean(got_scores >= kth - 1e-6))
+from tests.oracle import (
+    assert_invariants,
+    brute_force_jaccard,
+    brute_force_topk,
+    table_arrays,
+    tie_aware_recall,
+)
 
 
 def test_lsh_cosine_recall_against_oracle(spark, clustered):
     keys, x = clustered
     cfg = KnnConfig(k=10, method="lsh", recall_sample=300, seed=3)
     result = compute_neighbors(to_df(spark, keys, x), cfg)
-    r = _rows(result.table)
-    _check_invariants(r, keys, 10)
+    r = table_arrays(result.table)
+    assert_invariants(result.table, keys.tolist(), 10)
     _, want, _ = brute_force_topk(x, keys, 10)
     order = np.argsort(keys)
-    recall = _recall(r["score"].reshape(-1, 10), want[order])
+    recall = tie_aware_recall(r["score"].reshape(-1, 10), want[order])
     assert recall >= 0.9, recall
     res = result.report.resolved
     assert res["method"] == "lsh" and res["n_tables"] * res["n_bits"] <= cfg.lsh_max_bits
@@ -62,7 +44,7 @@ def test_lsh_split_buckets_give_the_same_table(spark, clustered):
     split = compute_neighbors(df, base.replace(max_bucket_members=40, max_bucket_queries=30))
     assert split.report.resolved["n_clusters_split"] > 0
     assert plain.report.resolved["n_clusters_split"] == 0
-    a, b = _rows(plain.table), _rows(split.table)
+    a, b = table_arrays(plain.table), table_arrays(split.table)
     for col in ("item_id", "neighbor_id", "rank", "score"):
         assert np.array_equal(a[col], b[col]), col
 
@@ -84,7 +66,7 @@ def test_jaccard_exact_equals_brute_force(spark, token_sets):
     keys, sets = token_sets
     keys, sets = keys[:400], sets[:400]
     cfg = KnnConfig(k=6, method="exact", metric="jaccard", vector_col="tokens")
-    r = _rows(compute_neighbors(_sets_df(spark, keys, sets, as_strings=True), cfg).table)
+    r = table_arrays(compute_neighbors(_sets_df(spark, keys, sets, as_strings=True), cfg).table)
     want_keys, want_scores = brute_force_jaccard(sets, keys, 6)
     assert np.array_equal(r["neighbor_id"].reshape(-1, 6), want_keys)
     np.testing.assert_allclose(r["score"].reshape(-1, 6), want_scores, atol=1e-6)
@@ -94,10 +76,10 @@ def test_minhash_lsh_recall_against_brute_force(spark, token_sets):
     keys, sets = token_sets
     cfg = KnnConfig(k=10, method="lsh", metric="jaccard", vector_col="tokens", recall_sample=200)
     result = compute_neighbors(_sets_df(spark, keys, sets), cfg)
-    r = _rows(result.table)
-    _check_invariants(r, keys, 10)
+    r = table_arrays(result.table)
+    assert_invariants(result.table, keys.tolist(), 10)
     _, want = brute_force_jaccard(sets, keys, 10)
-    recall = _recall(r["score"].reshape(-1, 10), want)
+    recall = tie_aware_recall(r["score"].reshape(-1, 10), want)
     assert recall >= 0.9, recall
     res = result.report.resolved
     assert res["lsh_family"] == "minhash" and res["n_tables"] * res["n_bits"] <= cfg.n_perm

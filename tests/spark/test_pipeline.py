@@ -14,38 +14,7 @@ from knnspark.errors import InputError
 from knnspark.progress import RunReport, stage
 from knnspark.run import compute_neighbors
 from tests.conftest import to_df
-from tests.oracle import assert_topk_matches, brute_force_topk
-
-
-def _collect(table):
-    """item_id -> (neighbour ids, scores) ordered by rank, plus the raw rows."""
-    rows = table.orderBy("item_id", "rank").collect()
-    out = {}
-    for r in rows:
-        out.setdefault(r.item_id, ([], [], []))
-        out[r.item_id][0].append(r.neighbor_id)
-        out[r.item_id][1].append(r.score)
-        out[r.item_id][2].append(r.rank)
-    return out, rows
-
-
-def assert_invariants(table, ids, k):
-    """exactly min(k, N-1) rows per item, ranks 1..k, no self, no duplicate pair, scores sorted."""
-    assert table.columns == ["item_id", "neighbor_id", "rank", "score"]
-    types = dict(table.dtypes)
-    assert types["rank"] == "int" and types["score"] == "float"
-    by_item, rows = _collect(table)
-    kk = min(k, len(ids) - 1)
-    assert len(rows) == len(ids) * kk
-    assert set(by_item) == (set(ids) if kk else set())
-    for item, (nbrs, scores, ranks) in by_item.items():
-        assert ranks == list(range(1, kk + 1))
-        assert item not in nbrs
-        assert len(set(nbrs)) == kk
-        assert all(-1.0 <= s <= 1.0 for s in scores)
-        assert all(a >= b for a, b in zip(scores, scores[1:]))
-    return by_item
-
+from tests.oracle import assert_invariants, assert_topk_matches, brute_force_topk
 
 #: (driver_search_max_items, cell_max_mb): several cells (3,000 x 24 float32 is 0.27 MB), one
 #: cell searched by one Spark task, and the one cell searched by the driver.

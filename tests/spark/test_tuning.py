@@ -1,21 +1,10 @@
 """--target-recall on Spark: tuned on one cell and replayed by all, or checked after every
 step on the driver."""
 
-import numpy as np
-
 from knnspark.config import KnnConfig
 from knnspark.run import compute_neighbors
 from tests.conftest import to_df
-from tests.oracle import brute_force_topk
-
-
-def _oracle_recall(table, keys, x, k):
-    """Recall@k of the whole neighbour table against the numpy brute force (tie-aware)."""
-    t = table.toArrow()
-    order = np.lexsort((t.column("rank").to_numpy(), t.column("item_id").to_numpy()))
-    got = t.column("score").to_numpy()[order].reshape(-1, k)
-    _, want, _ = brute_force_topk(x, keys, k)
-    return float(np.mean(got >= want[np.argsort(keys)][:, -1:] - 1e-6))
+from tests.oracle import oracle_recall
 
 
 def test_target_recall_in_cells_is_tuned_on_one_cell_and_replayed_by_all(spark, clustered):
@@ -40,7 +29,7 @@ def test_target_recall_in_cells_is_tuned_on_one_cell_and_replayed_by_all(spark, 
     ]
     assert not any(s["sample_recall_ci95_low"] >= 0.97 for s in steps[:-1])
     # Across cells the run loses some pairs at cell borders; the oracle measures the whole.
-    recall = _oracle_recall(result.table, keys, x, 10)
+    recall = oracle_recall(result.table, keys, x, 10)
     rep = result.report.recall
     assert rep["ci95_low"] - 1e-3 <= recall <= rep["ci95_high"] + 1e-3, (rep, recall)
     assert recall >= 0.93, recall
@@ -88,5 +77,5 @@ def test_target_recall_in_memory_checks_a_sample_after_every_step(spark, cluster
     assert [s["sample_recall_ci95_low"] >= 0.99 for s in steps][-1]
     assert not any(s["sample_recall_ci95_low"] >= 0.99 for s in steps[:-1])
     assert res["n_refine"] == sum(s["step"] == "refine" for s in steps)
-    recall = _oracle_recall(result.table, keys, x, 10)
+    recall = oracle_recall(result.table, keys, x, 10)
     assert recall >= 0.98, recall
