@@ -13,11 +13,13 @@ import logging
 import shutil
 import sys
 import time
+import types
+import typing
 from datetime import datetime, timezone
 from typing import Any
 
 from knnspark import __version__
-from knnspark.config import METHODS, METRICS, ON_INVALID, KnnConfig, load_toml, merge_config
+from knnspark.config import CHOICES, GROUPS, PARAMETERS, KnnConfig, load_toml, merge_config
 from knnspark.errors import ConfigError, KnnsparkError
 
 __all__ = ["main"]
@@ -51,6 +53,57 @@ _JOB_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The job's own flags (where to read and write, how to run Spark): ``(flag, argparse
+#: keywords)``. The search's flags come from :data:`knnspark.config.PARAMETERS`.
+_JOB_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--input", {"help": "input table path (Parquet unless --input-format)"}),
+    ("--output", {"help": "output directory for the neighbour table"}),
+    ("--config", {"help": "TOML config file (see conf/); flags override it"}),
+    ("--input-format", {"help": "Spark reader format (default parquet)"}),
+    ("--mode", {"choices": ("error", "overwrite"),
+                "help": "if the output exists: error (default) or overwrite; with "
+                "--partition-date the default is overwrite of that one partition"}),
+    ("--partition-date", {"help": "write only the partition dt=YYYY-MM-DD of the output table "
+                          "(reruns replace it)"}),
+    ("--rejected-output", {"help": "where --on-invalid skip writes rejected rows (default: "
+                           "<output>_rejected)"}),
+    ("--table", {"help": "also register/refresh the output as catalog table [db.]name "
+                 "(external Parquet table at --output; needs a persistent metastore to outlive "
+                 "the job)"}),
+    ("--master", {"help": "Spark master of a local run (default local[*]; under spark-submit "
+                  "only if given)"}),
+    ("--driver-memory", {"help": "driver memory of a local embedded Spark (default 4g)"}),
+    ("--conf", {"action": "append", "metavar": "KEY=VALUE",
+                "help": "extra Spark setting, repeatable (e.g. spark.executor.pyspark.memory=1g); "
+                "under spark-submit only runtime SQL settings (spark.sql.*) take effect: pass "
+                "the others to spark-submit"}),
+    ("--show", {"type": int, "help": "print the neighbours of this many items at the end"}),
+)  # fmt: skip
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`KnnConfig` field that is offered as one, grouped by concern, with
+    its type, choices, help and default from the one declaration in :mod:`knnspark.config`."""
+    hints = typing.get_type_hints(KnnConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(KnnConfig)}
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for name, param in PARAMETERS.items():
+        if not param.flag:
+            continue
+        kind = hints[name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            (kind,) = [t for t in typing.get_args(kind) if t is not type(None)]
+        text = param.help
+        if defaults[name] is not None and "default" not in text:
+            text += f" (default {defaults[name]})"
+        groups[param.group].add_argument(
+            "--" + name.replace("_", "-"),
+            type=None if kind is str else kind,
+            choices=CHOICES.get(name),
+            help=text,
+        )
+
+
 def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -59,142 +112,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "as Parquet (item_id, neighbor_id, rank, score) with a _manifest.json.",
     )
     # Every default is None here so that only flags actually given override the config file.
-    p.add_argument("--input", help="input table path (Parquet unless --input-format)")
-    p.add_argument("--output", help="output directory for the neighbour table")
-    p.add_argument("--k", type=int, help="neighbours per item (default 10)")
-    p.add_argument(
-        "--method",
-        choices=METHODS,
-        help="kmeans, lsh or exact (default: kmeans for cosine, lsh for jaccard)",
-    )
-    p.add_argument(
-        "--metric",
-        choices=METRICS,
-        help="cosine (default) on vectors, or jaccard on token sets (MinHash LSH unless "
-        "--method exact)",
-    )
-    p.add_argument("--n-tables", type=int, help="LSH tables (default: chosen from the data)")
-    p.add_argument(
-        "--n-bits",
-        type=int,
-        help="LSH hashes per table: hyperplane bits, or MinHash rows per band (default: chosen)",
-    )
-    p.add_argument(
-        "--lsh-threshold",
-        type=float,
-        help="similarity the LSH S-curve is centred on (default: measured from a sample)",
-    )
-    p.add_argument("--n-probe", type=int, help="buckets each item queries (default: automatic)")
-    p.add_argument(
-        "--target-recall",
-        type=float,
-        help="reach this recall@k on a sample (k-means): chooses n_probe and n_refine",
-    )
-    p.add_argument(
-        "--n-refine",
-        type=int,
-        help="neighbour-of-neighbour refinement rounds of the in-memory k-means plan (default 2)",
-    )
-    p.add_argument(
-        "--refine-fanout",
-        type=int,
-        help="each refinement round scores the lists of an item's best N neighbours "
-        "(default: all k; fewer is faster for a little recall)",
-    )
-    p.add_argument(
-        "--broadcast-max-mb",
-        type=int,
-        help="largest vector table (n x dim x 4 bytes, in MB) the driver searches as one cell "
-        "(default: in local mode what one cell may hold, see --cell-max-mb; 512 on a cluster; "
-        "also at most a quarter of spark.driver.memory unless pyarrow reads local Parquet); "
-        "larger ones are cut into cells (0 = always cells)",
-    )
-    p.add_argument(
-        "--driver-search-max-items",
-        type=int,
-        help="in-memory tables of up to this many items are searched by the driver itself, "
-        "in one thread per core, without starting Python workers (default: every table in "
-        "local mode, 20000 on a cluster; 0 = always in the workers)",
-    )
-    p.add_argument(
-        "--cell-max-mb",
-        type=float,
-        help="most MB of float32 vectors one cell (one Spark task) holds; larger tables are cut "
-        "into cells (default: a quarter of a task's share of spark.executor.pyspark.memory; in "
-        "local mode without it a quarter of the machine's memory per task, at most 2048; "
-        "else 512)",
-    )
-    p.add_argument(
-        "--overlap",
-        type=int,
-        help="cells each item is a member of, its nearest ones (default 2)",
-    )
-    p.add_argument(
-        "--cross-cell-rounds",
-        type=int,
-        help="refinement rounds across cells after the merge, as Spark joins (default 0)",
-    )
-    p.add_argument("--n-clusters", type=int, help="k-means buckets (default: n_items / 1000)")
-    p.add_argument(
-        "--target-bucket-size", type=int, help="items per bucket for automatic n_clusters"
-    )
-    p.add_argument("--config", help="TOML config file (see conf/); flags override it")
-    p.add_argument("--id-col", help="id column (default id)")
-    p.add_argument(
-        "--vector-col", help="vector column (default vector); the token-set column for jaccard"
-    )
-    p.add_argument("--input-format", help="Spark reader format (default parquet)")
-    p.add_argument(
-        "--mode",
-        choices=("error", "overwrite"),
-        help="if the output exists: error (default) or overwrite; with --partition-date the "
-        "default is overwrite of that one partition",
-    )
-    p.add_argument(
-        "--partition-date",
-        help="write only the partition dt=YYYY-MM-DD of the output table (reruns replace it)",
-    )
-    p.add_argument(
-        "--on-invalid",
-        choices=ON_INVALID,
-        help="invalid input rows: error (default: stop and list them) or skip (write them to "
-        "the rejected-rows output with a reason, run on the rest)",
-    )
-    p.add_argument(
-        "--rejected-output",
-        help="where --on-invalid skip writes rejected rows (default: <output>_rejected)",
-    )
-    p.add_argument("--seed", type=int, help="seed of every random choice (default 42)")
-    p.add_argument(
-        "--recall-sample",
-        type=int,
-        help="about this many items sampled for the recall estimate (default 1000, 0 = off)",
-    )
-    p.add_argument(
-        "--max-bucket-members", type=int, help="members per UDF call before a bucket is split"
-    )
-    p.add_argument(
-        "--max-bucket-queries", type=int, help="queries per UDF call before a bucket is split"
-    )
-    p.add_argument(
-        "--master",
-        help="Spark master of a local run (default local[*]; under spark-submit only if given)",
-    )
-    p.add_argument("--driver-memory", help="driver memory of a local embedded Spark (default 4g)")
-    p.add_argument(
-        "--table",
-        help="also register/refresh the output as catalog table [db.]name (external Parquet "
-        "table at --output; needs a persistent metastore to outlive the job)",
-    )
-    p.add_argument("--show", type=int, help="print the neighbours of this many items at the end")
-    p.add_argument(
-        "--conf",
-        action="append",
-        metavar="KEY=VALUE",
-        help="extra Spark setting, repeatable (e.g. spark.executor.pyspark.memory=1g); under "
-        "spark-submit only runtime SQL settings (spark.sql.*) take effect: pass the others to "
-        "spark-submit",
-    )
+    job = p.add_argument_group("job")
+    for flag, kwargs in _JOB_FLAGS:
+        job.add_argument(flag, **kwargs)
+    _config_flags(p)
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:

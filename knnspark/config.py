@@ -1,7 +1,9 @@
 """Job parameters: one frozen dataclass, validated in one place, loadable from TOML.
 
 Like scikit-learn's ``_parameter_constraints``, every field's constraint is declared once in
-``_CONSTRAINTS`` and checked by ``__post_init__``; nothing else in the code re-validates.
+``_CONSTRAINTS`` and checked by ``__post_init__``; nothing else in the code re-validates. Every
+field's concern and help line are declared once in :data:`PARAMETERS`, from which the CLI makes
+its flags (a field's TOML key is its name).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tomllib
 
 from knnspark.errors import ConfigError
 
-__all__ = ["KnnConfig", "load_toml", "merge_config"]
+__all__ = ["GROUPS", "PARAMETERS", "KnnConfig", "Param", "load_toml", "merge_config"]
 
 METHODS = ("kmeans", "lsh", "exact")
 METRICS = ("cosine", "jaccard")
@@ -352,6 +354,105 @@ _CONSTRAINTS = {
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(KnnConfig)}
+
+
+@dataclass(frozen=True)
+class Param:
+    """How a :class:`KnnConfig` field is offered to users: its concern (``group``), its help
+    line, and whether it is a ``knnspark run`` flag (every field is a TOML key)."""
+
+    group: str
+    help: str
+    flag: bool = True
+
+
+#: Concerns the fields are grouped by, in the order ``knnspark run --help`` shows them.
+GROUPS = ("problem", "partitioning", "search", "lsh", "resources", "quality")
+
+#: Every field's group and help, declared once: the CLI's flags, the TOML keys and
+#: docs/configuration.md are made or checked from here (tests/unit/test_docs.py). A help line
+#: gives the default itself when the field's default is ``None`` ("chosen", "automatic").
+PARAMETERS: dict[str, Param] = {
+    "k": Param("problem", "neighbours per item"),
+    "method": Param("problem", "kmeans, lsh or exact (default: kmeans for cosine, lsh for "
+                    "jaccard)"),  # fmt: skip
+    "metric": Param("problem", "cosine on vectors, or jaccard on token sets (MinHash LSH unless "
+                    "--method exact)"),  # fmt: skip
+    "id_col": Param("problem", "id column"),
+    "vector_col": Param("problem", "vector column; the token-set column for jaccard"),
+    "n_clusters": Param("partitioning", "fine k-means clusters of a cell (default: members / "
+                        "target_bucket_size)"),  # fmt: skip
+    "target_bucket_size": Param("partitioning", "members per fine cluster for the automatic "
+                                "n_clusters"),  # fmt: skip
+    "broadcast_max_mb": Param(
+        "partitioning",
+        "largest vector table (n x dim x 4 bytes, in MB) the driver searches as one cell "
+        "(default: in local mode what one cell may hold, see --cell-max-mb; 512 on a cluster; "
+        "also at most a quarter of spark.driver.memory unless pyarrow reads local Parquet); "
+        "larger ones are cut into cells (0 = always cells)",
+    ),
+    "cell_max_mb": Param(
+        "partitioning",
+        "most MB of float32 vectors one cell (one Spark task) holds; larger tables are cut "
+        "into cells (default: a quarter of a task's share of spark.executor.pyspark.memory; in "
+        "local mode without it a quarter of the machine's memory per task, at most 2048; "
+        "else 512)",
+    ),
+    "overlap": Param("partitioning", "cells each item is a member of, its nearest ones"),
+    "driver_search_max_items": Param(
+        "partitioning",
+        "in-memory tables of up to this many items are searched by the driver itself, in one "
+        "thread per core, without starting Python workers (default: every table in local "
+        "mode, 20000 on a cluster; 0 = always in the workers)",
+    ),
+    "max_bucket_members": Param("partitioning", "members per UDF call before an LSH or exact "
+                                "bucket is split"),  # fmt: skip
+    "max_bucket_queries": Param("partitioning", "queries per UDF call before an LSH or exact "
+                                "bucket is split"),  # fmt: skip
+    "max_bucket_work": Param("partitioning", "members x queries x dim of one LSH bucket before "
+                             "it is cut further", flag=False),  # fmt: skip
+    "n_probe": Param("search", "fine clusters each item probes, its own first (default: 10, or "
+                     "all when fewer)"),  # fmt: skip
+    "n_refine": Param("search", "neighbour-of-neighbour refinement rounds of the cell search "
+                      "(default: 2)"),  # fmt: skip
+    "refine_fanout": Param("search", "each refinement round scores the lists of an item's best "
+                           "N neighbours (default: all k; fewer is faster for a little "
+                           "recall)"),  # fmt: skip
+    "target_recall": Param("search", "reach this recall@k on a sample (k-means): chooses "
+                           "n_probe and n_refine"),  # fmt: skip
+    "tune_sample": Param("search", "items whose exact top-k guide --target-recall",
+                         flag=False),  # fmt: skip
+    "cross_cell_rounds": Param("search", "refinement rounds across cells after the merge, as "
+                               "Spark joins"),  # fmt: skip
+    "kmeans_iter": Param("search", "Lloyd iterations of every k-means", flag=False),
+    "kmeans_sample_size": Param("search", "rows sampled to train a fine k-means (default: 64 "
+                                "per cluster, 10,000 to 200,000)", flag=False),  # fmt: skip
+    "reverse_candidates": Param("search", "no effect since cells (kept so that existing "
+                                "configs load)", flag=False),  # fmt: skip
+    "n_tables": Param("lsh", "LSH tables (default: chosen from the data)"),
+    "n_bits": Param("lsh", "LSH hashes per table: hyperplane bits, or MinHash rows per band "
+                    "(default: chosen)"),  # fmt: skip
+    "lsh_threshold": Param("lsh", "similarity the LSH S-curve is centred on (default: measured "
+                           "from a sample)"),  # fmt: skip
+    "lsh_max_bits": Param("lsh", "hyperplane bits per item the automatic choice may use",
+                          flag=False),  # fmt: skip
+    "lsh_max_candidates": Param("lsh", "expected candidates per item the automatic choice may "
+                                "cost", flag=False),  # fmt: skip
+    "lsh_false_negative_weight": Param("lsh", "weight of missed neighbours against extra pairs "
+                                       "in the S-curve objective", flag=False),  # fmt: skip
+    "n_perm": Param("lsh", "MinHash permutations per item (Jaccard)", flag=False),
+    "block_bytes": Param("resources", "memory of one query block's score matrix in the kernel",
+                         flag=False),  # fmt: skip
+    "on_invalid": Param("quality", "invalid input rows: error (stop and list them) or skip "
+                        "(write them to the rejected-rows output with a reason, run on the "
+                        "rest)"),  # fmt: skip
+    "recall_sample": Param("quality", "about this many items sampled for the recall estimate "
+                           "(0 = off)"),  # fmt: skip
+    "seed": Param("quality", "seed of every random choice"),
+}
+
+#: The choices of the fields that have them (argparse shows and checks them).
+CHOICES = {"method": METHODS, "metric": METRICS, "on_invalid": ON_INVALID}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -65,3 +65,25 @@ def test_relative_links_resolve(page: str) -> None:
     path = README if page == "README.md" else ROOT / "docs" / page
     broken = [t for t in _links(path) if t and not (path.parent / t).exists()]
     assert not broken, f"{page}: broken links {broken}"
+
+
+def test_every_parameter_is_declared_once_and_documented() -> None:
+    """Each KnnConfig field has its group and help in config.PARAMETERS (the CLI's flags are
+    made from it), and docs/configuration.md names it, as a flag or as a TOML key."""
+    import dataclasses
+
+    from knnspark.config import GROUPS, PARAMETERS, KnnConfig
+
+    fields = [f.name for f in dataclasses.fields(KnnConfig)]
+    assert sorted(PARAMETERS) == sorted(fields)
+    assert {p.group for p in PARAMETERS.values()} <= set(GROUPS)
+    text = CONFIGURATION.read_text()
+    missing = [
+        name
+        for name in fields
+        if f"`{name}`" not in text and f"`--{name.replace('_', '-')}`" not in text
+    ]
+    assert not missing, f"document {missing} in docs/configuration.md"
+    flags = set(_flags()["run"])
+    for name, param in PARAMETERS.items():
+        assert (f"--{name.replace('_', '-')}" in flags) == param.flag, name
