@@ -100,7 +100,7 @@ demo() {
 
 run_tests() {
   setup
-  "$VENV/bin/ruff" check knnspark jobs tests scripts deploy
+  "$VENV/bin/ruff" check knnspark benchmarks jobs tests scripts deploy
   # Every tier (unit, spark, e2e) unless tests are named; plain `pytest` runs the fast two.
   [ $# -gt 0 ] || set -- tests
   "$VENV/bin/python" -m pytest -q "$@"

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from knnspark import bench
+from benchmarks import harness as bench
 
 
 def test_recall_is_tie_aware_and_counts_self_and_padding_as_misses():
@@ -104,3 +104,16 @@ def test_bench_writes_the_class_archive_untimed_before_timing_knnspark(tmp_path,
     path.write_bytes(b"archive")
     bench._warm_class_archive(x, tmp_path, dict(os.environ))
     assert len(calls) == 1  # present: nothing to warm
+
+
+def test_knnspark_bench_without_the_harness_says_where_to_get_it(monkeypatch):
+    """Installed from a wheel (no benchmarks/), the CLI still builds and `bench` explains."""
+    import knnspark.bench as entry
+    from knnspark import cli
+    from knnspark.errors import KnnsparkError
+
+    monkeypatch.setattr(entry, "_harness", lambda: None)
+    args = cli.build_parser().parse_args(["bench"])
+    with pytest.raises(KnnsparkError, match="clone"):
+        entry.run_from_args(args)
+    assert cli.main(["bench"]) == 2

@@ -1,8 +1,8 @@
 """Cells at work: the same input run as named settings, each a fresh ``knnspark run`` process.
 
-    python scripts/cells_check.py --input words/ --runs "one:" \\
+    python benchmarks/cells_check.py --input words/ --runs "one:" \\
         "cells4:--driver-search-max-items 0 --cell-max-mb 470"
-    python scripts/cells_check.py --synthetic 100000 200000 400000 --dim 128 \\
+    python benchmarks/cells_check.py --synthetic 100000 200000 400000 --dim 128 \\
         --master "local-cluster[2,1,2048]" \\
         --runs "cells:--driver-search-max-items 0 --cell-max-mb 16"
 

@@ -5,12 +5,12 @@ of an ``.npy`` embedding matrix (no Spark), with k-means fit on all rows, and pr
 and per-round times with recall@10 on a seeded 2,000-item exact sample. Used for the "Finer
 clusters" table in docs/performance.md::
 
-    OPENBLAS_NUM_THREADS=1 python scripts/sweep_inmemory.py ../shared/data/words_en_100k.f16.npy
+    OPENBLAS_NUM_THREADS=1 python benchmarks/sweep_inmemory.py ../shared/data/words_en_100k.f16.npy
 
 and for the refinement fanout (``refine_fanout``: a round scores the lists of each item's best
 N neighbours)::
 
-    OPENBLAS_NUM_THREADS=1 python scripts/sweep_inmemory.py ../shared/data/words_en_100k.f16.npy \
+    OPENBLAS_NUM_THREADS=1 python benchmarks/sweep_inmemory.py WORDS_100K.f16.npy \
         --settings 100:5,6,8 --rounds 1 --fanout 10 4
 """
 

@@ -1,6 +1,6 @@
 """How often do true neighbours share a cell? Coverage of cell partitions, numpy only, no Spark.
 
-    python scripts/cell_coverage.py --npy ~/.cache/knnspark-data/words_en.f16.npy \\
+    python benchmarks/cell_coverage.py --npy ~/.cache/knnspark-data/words_en.f16.npy \\
         --cells 4 12 --overlap 1 2 3
 
 Fits the coarse spherical k-means the cells plan fits (on a seeded sample), makes every item a

@@ -1,6 +1,6 @@
 """Does bucket splitting keep Python-worker memory within a budget on skewed data?
 
-    python scripts/skew_memory_check.py [--n 45000] [--dim 768] [--budget 700m]
+    python benchmarks/skew_memory_check.py [--n 45000] [--dim 768] [--budget 700m]
 
 Writes a table where a third of the rows share one vector (one hot bucket), then runs
 ``knnspark run`` twice under the same ``spark.executor.pyspark.memory`` budget (enforced as an

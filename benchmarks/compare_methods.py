@@ -1,6 +1,6 @@
 """LSH vs k-means (vs exact) on one input: wall time and recall@k of each setting.
 
-    python scripts/compare_methods.py --input words/ [--k 10] [--recall-sample 2000]
+    python benchmarks/compare_methods.py --input words/ [--k 10] [--recall-sample 2000]
         [--settings "kmeans:n_probe=10" "lsh:" "lsh:lsh_max_candidates=30000" ...]
 
 Every setting is a fresh ``knnspark run`` process (JVM and Python-worker start-up included, as a
