@@ -1,5 +1,7 @@
+import hashlib
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,3 +49,37 @@ def to_df(spark, keys, x, *, id_type="long", vector_type="array<float>"):
     if vector_type == "array<double>":
         df = df.selectExpr("id", "cast(vector as array<double>) as vector")
     return df
+
+
+def write_vectors(path, n=60, dim=8, seed=0, vec_type=None):
+    """A Parquet table of ``n`` seeded Gaussian vectors (``id, vector``) under ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim))
+    path.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(n), pa.int64()),
+            "vector": pa.array(x.tolist(), pa.list_(vec_type or pa.float32())),
+        }
+    )
+    pq.write_table(table, path / f"part-{seed:05d}.parquet")
+    return path
+
+
+def snapshot(path):
+    """Every file under ``path`` with the SHA-256 of its bytes."""
+    path = Path(path)
+    return {
+        str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    }
+
+
+@pytest.fixture
+def emb(tmp_path):
+    """An input table of 60 seeded vectors, ``tmp_path / "emb"``."""
+    return write_vectors(tmp_path / "emb")

@@ -2,13 +2,11 @@
 read-only outputs, killed runs and bad input are refused (exit 2) before any work, with a
 message naming what to change, and the input is left byte for byte as it was."""
 
-import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,38 +14,10 @@ import pytest
 from knnspark import cli, io
 from knnspark.generate import write_synthetic_sets
 from knnspark.manifest import Manifest
+from tests.conftest import snapshot, write_vectors
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 60
-
-
-def _write_vectors(path, n=N, dim=8, seed=0, vec_type=None):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim))
-    path.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "id": pa.array(np.arange(n), pa.int64()),
-            "vector": pa.array(x.tolist(), pa.list_(vec_type or pa.float32())),
-        }
-    )
-    pq.write_table(table, path / f"part-{seed:05d}.parquet")
-    return path
-
-
-def _snapshot(path):
-    """Every file under ``path`` with the SHA-256 of its bytes."""
-    path = Path(path)
-    return {
-        str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(path.rglob("*"))
-        if f.is_file()
-    }
-
-
-@pytest.fixture
-def emb(tmp_path):
-    return _write_vectors(tmp_path / "emb")
 
 
 @pytest.fixture
@@ -107,7 +77,7 @@ def test_overlapping_paths_are_refused_and_the_input_is_intact(
 ):
     inp, out, extra, words = PATH_CASES[case]
     (tmp_path / "link").symlink_to(emb, target_is_directory=True)
-    _write_vectors(tmp_path / "nbrs" / "dt=2026-11-19")
+    write_vectors(tmp_path / "nbrs" / "dt=2026-11-19")
 
     def absolute(p):
         p = p.format(tmp=tmp_path)
@@ -115,7 +85,7 @@ def test_overlapping_paths_are_refused_and_the_input_is_intact(
 
     extra = [absolute(e) if prev == "--rejected-output" else e
              for prev, e in zip(["", *extra], extra)]  # fmt: skip
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     message = _refused(capsys, "--input", absolute(inp), "--output", absolute(out),
                        "--k", 3, "--mode", "overwrite", *extra)  # fmt: skip
     assert words in message
@@ -124,7 +94,7 @@ def test_overlapping_paths_are_refused_and_the_input_is_intact(
     named += [extra[i + 1] for i, e in enumerate(extra) if e == "--rejected-output"]
     assert sum(f"{p!r}" in message for p in named) >= 2, message
     assert "Choose a --" in message or "Give --rejected-output" in message
-    assert _snapshot(tmp_path) == before  # same files, same bytes; no staging directory
+    assert snapshot(tmp_path) == before  # same files, same bytes; no staging directory
 
 
 def test_table_that_is_not_ours_is_refused_and_left_alone(spark, tmp_path, emb, no_work, capsys):
@@ -139,12 +109,12 @@ def test_table_that_is_not_ours_is_refused_and_left_alone(spark, tmp_path, emb, 
     spark.range(4).write.parquet(str(other))
     spark.catalog.createTable("knn_safety_elsewhere", path=str(other), source="parquet")
     try:
-        before = _snapshot(other)
+        before = snapshot(other)
         message = _refused(
             capsys, "--input", emb, "--output", out, "--table", "knn_safety_elsewhere"
         )
         assert "not at --output" in message and str(other) in message
-        assert _snapshot(other) == before
+        assert snapshot(other) == before
         assert spark.table("knn_safety_elsewhere").count() == 4
     finally:
         spark.sql("DROP TABLE IF EXISTS knn_safety_elsewhere")
@@ -229,14 +199,14 @@ def test_run_killed_between_its_two_renames_gets_the_previous_table_back(spark, 
 
 # --------------------------------------------------------------------------- bad input
 def test_input_of_two_schemas_is_refused(spark, tmp_path, capsys):
-    mixed = _write_vectors(tmp_path / "mixed", seed=0)
+    mixed = write_vectors(tmp_path / "mixed", seed=0)
     pq.write_table(pa.table({"key": ["a", "b"], "emb": [[1.0, 2.0], [3.0, 4.0]]}),
                    mixed / "part-9.parquet")  # fmt: skip
     message = _refused(capsys, "--input", mixed, "--output", tmp_path / "o1")
     assert "disagree on the columns id, vector" in message and "part-9.parquet" in message
     # Same names, another vector type: also two tables.
-    _write_vectors(tmp_path / "typed", seed=1)
-    _write_vectors(tmp_path / "typed", seed=2, vec_type=pa.float64())
+    write_vectors(tmp_path / "typed", seed=1)
+    write_vectors(tmp_path / "typed", seed=2, vec_type=pa.float64())
     message = _refused(capsys, "--input", tmp_path / "typed", "--output", tmp_path / "o2")
     assert "list<element: double>" in message and "list<element: float>" in message
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
@@ -255,7 +225,7 @@ def test_nested_vector_column_is_refused(spark, tmp_path, capsys):
 
 
 def test_one_row_with_lsh_gives_an_empty_table(spark, tmp_path, capsys):
-    one = _write_vectors(tmp_path / "one", n=1)
+    one = write_vectors(tmp_path / "one", n=1)
     out = tmp_path / "o"
     assert _run("--input", one, "--output", out, "--method", "lsh") == 0
     assert pq.read_table(out).num_rows == 0  # no other item to be a neighbour
