@@ -21,6 +21,7 @@ import pytest
 
 from knnspark.cli import build_parser, resolve_run_args
 from knnspark.generate import write_synthetic, write_synthetic_sets
+from knnspark.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KNNSPARK_CACHE", Path.home() / ".cache" / "knnspark"))
@@ -249,3 +250,47 @@ def test_airflow_dag_imports_and_renders_spark_submit_args():
     job, config = resolve_run_args(parsed)
     assert job["partition_date"] == DATE and job["mode"] == "overwrite" and config.k == 10
     assert result["retries"] >= 1 and result["execution_timeout_s"] > 0
+
+
+def test_airflow_dag_runs_for_real_and_each_day_publishes_its_partition(
+    env_archive, small_input, tmp_path
+):
+    """``airflow dags test`` (SQLite metadata, the cached Airflow venv) runs the DAG's task,
+    which submits the job with the packed environment to ``local[2]``: each day publishes its
+    own ``dt=`` partition with a manifest, and a second day adds to the first."""
+    import pyspark
+
+    out = tmp_path / "neighbors"
+    env = {
+        **os.environ,
+        "KNNSPARK_CACHE": str(CACHE),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "AIRFLOW_VAR_KNNSPARK_HOME": str(ROOT),
+        "AIRFLOW_VAR_KNNSPARK_ENV_ARCHIVE": str(env_archive),
+        "AIRFLOW_VAR_KNNSPARK_INPUT": str(small_input),
+        "AIRFLOW_VAR_KNNSPARK_OUTPUT": str(out),
+        "AIRFLOW_VAR_KNNSPARK_K": str(K),
+        # The worker's Spark: this venv's pyspark, its spark-submit on PATH; the driver runs
+        # this interpreter (client mode), the Python workers the archive's.
+        "SPARK_HOME": str(Path(pyspark.__file__).parent),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    (tmp_path / "airflow").mkdir()
+    days = ["2026-11-20", "2026-11-21"]
+    for day in days:
+        proc = subprocess.run(
+            ["bash", "deploy/airflow/run_dag.sh", day],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        part = out / f"dt={day}"
+        manifest = json.loads((part / "_manifest.json").read_text())
+        Manifest.from_dict(manifest)
+        assert manifest["output"]["partition_date"] == day
+        assert manifest["counts"]["n_output_rows"] == N * K
+        assert (part / "_SUCCESS").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("dt=")) == [
+        f"dt={day}" for day in days
+    ]

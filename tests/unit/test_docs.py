@@ -87,3 +87,14 @@ def test_every_parameter_is_declared_once_and_documented() -> None:
     flags = set(_flags()["run"])
     for name, param in PARAMETERS.items():
         assert (f"--{name.replace('_', '-')}" in flags) == param.flag, name
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """A guarantee links the test that proves it: the file, and the test where one is named."""
+    broken = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "deploy" / "README.md"]:
+        for path, name in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", page.read_text()):
+            file = ROOT / path
+            if not file.is_file() or (name and f"def {name}(" not in file.read_text()):
+                broken.append(f"{page.name}: {path}{'::' + name if name else ''}")
+    assert not broken, broken
