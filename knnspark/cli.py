@@ -26,20 +26,6 @@ __all__ = ["main"]
 
 log = logging.getLogger("knnspark")
 
-# Keys a config file may hold besides KnnConfig's fields.
-_JOB_KEYS = (
-    "input",
-    "output",
-    "input_format",
-    "mode",
-    "partition_date",
-    "rejected_output",
-    "master",
-    "driver_memory",
-    "show",
-    "conf",
-    "table",
-)
 _JOB_DEFAULTS: dict[str, Any] = {
     "input_format": "parquet",
     "mode": None,
@@ -79,6 +65,8 @@ _JOB_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
                 "the others to spark-submit"}),
     ("--show", {"type": int, "help": "print the neighbours of this many items at the end"}),
 )  # fmt: skip
+#: Keys a config file may hold besides KnnConfig's fields: the job's flags but --config.
+_JOB_KEYS = tuple(flag[2:].replace("-", "_") for flag, _ in _JOB_FLAGS if flag != "--config")
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
