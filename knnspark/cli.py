@@ -125,6 +125,20 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write one self-contained HTML page about a run, from its manifest",
+        description="Recall with its interval and spread, scores by rank, cell/cluster/bucket "
+        "sizes and stage timings of a knnspark run, drawn from its _manifest.json into one "
+        "HTML file with the figures inlined (needs matplotlib: the report extra).",
+    )
+    p.add_argument("run_output", help="the run's --output (a dt= partition for a dated table)")
+    p.add_argument(
+        "--output", help="where to write the page (default: _report.html beside the manifest)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="knnspark", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"knnspark {__version__}")
@@ -132,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _generate_parser(sub)
+    _report_parser(sub)
     from knnspark import bench
 
     bench.add_parser(sub)
@@ -414,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "report":
+            from knnspark.report import write_report
+
+            print(write_report(args.run_output, args.output))
+            return 0
         if args.command == "bench":
             from knnspark import bench
 

@@ -214,12 +214,28 @@ def estimate_recall(
         approx = np.full((len(keys), kk), -np.inf, dtype=np.float32)
         rows = np.searchsorted(keys, got.column("key").to_numpy())
         approx[rows, got.column("rank").to_numpy() - 1] = got.column("score").to_numpy()
-        per_item = recall_per_item(approx, exact_scores)
-    return recall_result(per_item, prep.n_items, kk)
+    return recall_result(approx, exact_scores, prep.n_items)
 
 
-def recall_result(per_item: np.ndarray, n_items: int, kk: int) -> dict[str, Any]:
-    """The manifest's recall section from a sample's per-item recall (shape (n_sample,))."""
+#: Quantiles of the sample's scores at each rank that the manifest records (for the report).
+SCORE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def recall_result(
+    approx_scores: np.ndarray, exact_scores: np.ndarray, n_items: int
+) -> dict[str, Any]:
+    """The manifest's recall section from a sample's found and exact scores.
+
+    Parameters
+    ----------
+    approx_scores, exact_scores : ndarray of shape (n_sample, kk)
+        The run's and the exact top-kk scores of the sampled items, best first (``-inf``
+        where a list is short), as :func:`knnspark.metrics.recall_per_item` takes them.
+    n_items : int
+        Items in the table (the interval's finite-population correction).
+    """
+    kk = int(exact_scores.shape[1])
+    per_item = recall_per_item(approx_scores, exact_scores)
     mean, low, high = recall_interval(per_item, n_items)
     result = {
         "k": kk,
@@ -229,6 +245,13 @@ def recall_result(per_item: np.ndarray, n_items: int, kk: int) -> dict[str, Any]
         "ci95_high": round(high, 6),
         "share_items_recall_below_0_5": round(float(np.mean(per_item < 0.5)), 6),
         "method": "tie-aware recall of a seeded sample of items vs their exact top-k",
+        # Entry j: sampled items whose recall rounds to j / kk (the report's histogram).
+        "per_item_recall_histogram": np.bincount(
+            np.rint(per_item * kk).astype(np.int64), minlength=kk + 1
+        ).tolist(),
+        "score_quantile_levels": list(SCORE_QUANTILES),
+        "found_score_quantiles_by_rank": _quantiles_by_rank(approx_scores),
+        "exact_score_quantiles_by_rank": _quantiles_by_rank(exact_scores),
     }
     log.info(
         "recall@%d = %.4f (95%% CI %.4f-%.4f) on %d sampled items",
@@ -290,4 +313,16 @@ def recall_on_driver(
     _, exact_scores = kernel.topk_cosine(
         vecs[rows], keys[rows], vecs, keys, kk, block_bytes=block_bytes
     )
-    return recall_result(recall_per_item(scores[rows], exact_scores), len(keys), kk)
+    return recall_result(scores[rows], exact_scores, len(keys))
+
+
+def _quantiles_by_rank(scores: np.ndarray) -> list[list[float] | None]:
+    """Per rank (column of ``scores``, shape (n, kk)), the :data:`SCORE_QUANTILES` of its
+    finite scores, rounded to 6 places; ``None`` for a rank no sampled item reached."""
+    out: list[list[float] | None] = []
+    for column in np.asarray(scores, dtype=np.float64).T:
+        finite = column[np.isfinite(column)]
+        out.append(
+            np.round(np.quantile(finite, SCORE_QUANTILES), 6).tolist() if len(finite) else None
+        )
+    return out

@@ -81,6 +81,16 @@ class RecallEstimate:
     ci95_high: float
     share_items_recall_below_0_5: float
     method: str
+    # Added in 0.1 without a schema change (a manifest written before them reads as None):
+    # what ``knnspark report`` draws.
+    #: Entry j: sampled items whose recall rounds to j / k (k + 1 entries).
+    per_item_recall_histogram: list[int] | None = None
+    #: The quantile levels of the two lists below, e.g. [0.05, 0.25, 0.5, 0.75, 0.95].
+    score_quantile_levels: list[float] | None = None
+    #: Per rank (k entries): those quantiles of the sample's scores found by the run, and of
+    #: its exact scores (``None`` for a rank no sampled item reached).
+    found_score_quantiles_by_rank: list[list[float] | None] | None = None
+    exact_score_quantiles_by_rank: list[list[float] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,21 +170,27 @@ def _build(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
         (inner,) = [o for o in options if o is not type(None)]
         return _build(inner, value, where, problems)
     if dataclasses.is_dataclass(tp):
+        n_before = len(problems)
         if not isinstance(value, dict):
             got = type(value).__name__
             problems.append(f"{where or 'manifest'}: expected an object, got {got}")
             return None
         hints = typing.get_type_hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
+        fields = dataclasses.fields(tp)
+        names = [f.name for f in fields]
         for key in sorted(set(value) - set(names)):
             problems.append(f"{where}{key}: unknown field")
         kwargs = {}
+        # A field with a default was added later: older manifests lack it.
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
         for name in names:
             if name not in value:
-                problems.append(f"{where}{name}: missing")
+                if name in required:
+                    problems.append(f"{where}{name}: missing")
                 continue
             kwargs[name] = _build(hints[name], value[name], f"{where}{name}.", problems)
-        return tp(**kwargs) if len(kwargs) == len(names) else None
+        ok = all(name in kwargs for name in required) and len(problems) == n_before
+        return tp(**kwargs) if ok else None
     where = where.rstrip(".")
     if origin is list:
         if not isinstance(value, list):

@@ -81,6 +81,27 @@ ensure_venv() {
   fi
 }
 
+# The report test (tests/e2e/test_cli.py) opens `knnspark report`'s page in headless Chromium.
+ensure_chromium() {
+  local browser
+  for browser in "${KNNSPARK_CHROMIUM:-}" chromium chromium-browser google-chrome; do
+    if [ -n "$browser" ] && command -v "$browser" >/dev/null 2>&1; then
+      export KNNSPARK_CHROMIUM="$(command -v "$browser")"; return 0
+    fi
+  done
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "Chromium not found: installing Debian's chromium with apt-get (for the report test)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || {
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    }
+    export KNNSPARK_CHROMIUM=/usr/bin/chromium
+  else
+    say "no Chromium: the test that renders the report page will be skipped"
+    say "(install one, e.g. sudo apt-get install chromium, or set KNNSPARK_CHROMIUM)"
+  fi
+}
+
 setup() {
   ensure_java
   ensure_venv
@@ -95,11 +116,13 @@ demo() {
     "$VENV/bin/knnspark" generate --output "$data" --n 100000 --dim 100 --seed 0
   fi
   "$VENV/bin/knnspark" run --input "$data" --output "$out" --k 10 --mode overwrite --show 3
-  say "neighbour table: $out (manifest: $out/_manifest.json)"
+  "$VENV/bin/knnspark" report "$out" >/dev/null
+  say "neighbour table: $out (manifest: $out/_manifest.json, report: $out/_report.html)"
 }
 
 run_tests() {
   setup
+  ensure_chromium
   "$VENV/bin/ruff" check knnspark benchmarks jobs tests scripts deploy
   # Every tier (unit, spark, e2e) unless tests are named; plain `pytest` runs the fast two.
   [ $# -gt 0 ] || set -- tests

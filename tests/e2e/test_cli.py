@@ -1,7 +1,11 @@
 """The CLI end to end, in a fresh process, as a user runs it; the table read back by DuckDB."""
 
+import base64
 import json
 import os
+import re
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +38,10 @@ def demo_input(tmp_path_factory):
     return path
 
 
-def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
-    duckdb = pytest.importorskip("duckdb")
+@pytest.fixture(scope="module")
+def demo_run(demo_input, tmp_path_factory):
+    """One CLI run of the demo input (its directory, the process, the run's own cache)."""
+    tmp_path = tmp_path_factory.mktemp("run")
     out = tmp_path / "nbrs"
     # A cache of its own: this first run writes the JVM class archive, the next one maps it.
     cache = {"KNNSPARK_CACHE": str(tmp_path / "cache")}
@@ -57,6 +63,12 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
         "1g",
         env=cache,
     )
+    return out, proc, tmp_path / "cache"
+
+
+def test_cli_run_writes_table_duckdb_reads(demo_input, demo_run):
+    duckdb = pytest.importorskip("duckdb")
+    out, proc, cache = demo_run
     summary = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
     assert summary["n_output_rows"] == 4000 * 5  # --k 5 overrides the file's k = 4
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -95,10 +107,52 @@ def test_cli_run_writes_table_duckdb_reads(demo_input, tmp_path):
     assert again.returncode == 2
     assert "already exists" in again.stderr and "--mode overwrite" in again.stderr
 
-    (archive,) = (tmp_path / "cache" / "cds").iterdir()  # published whole; no lock or temp left
+    (archive,) = (cache / "cds").iterdir()  # published whole; no lock or temp left
     assert archive.suffix == ".jsa" and archive.stat().st_size > 1_000_000
     assert manifest["spark"]["class_archive"] is None  # the run that wrote it started without
     assert manifest["spark"]["driver_jit"] == "c1"  # a small local input: C1 only
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("KNNSPARK_CHROMIUM"), "chromium", "chromium-browser",
+                 "google-chrome"):  # fmt: skip
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_page_renders_its_figures_in_headless_chromium(demo_run, tmp_path):
+    out, _, _ = demo_run
+    proc = _knnspark("report", str(out))
+    page_path = Path(proc.stdout.strip())
+    assert page_path == out / "_report.html"
+    page = page_path.read_text()
+    pngs = [base64.b64decode(b) for b in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
+    # recall spread, scores by rank, cluster sizes, stage timings
+    assert len(pngs) == 4 and not re.search(r"(src|href)=['\"](?!data:)", page)
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium (scripts/bootstrap.sh test installs Debian's chromium as root)")
+    # The page as Chromium lays it out: each image decoded at its PNG's size and shown.
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", """<script>
+window.addEventListener('load', () => { document.body.dataset.images = [...document.images]
+  .map(i => [i.complete, `${i.naturalWidth}x${i.naturalHeight}`,
+             i.getBoundingClientRect().width > 0].join(':'))
+  .join(' '); });
+</script></body>"""))
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    (shown,) = re.findall(r'data-images="([^"]*)"', dom.stdout)
+    sizes = [struct.unpack(">II", png[16:24]) for png in pngs]  # the IHDR width and height
+    assert shown.split() == [f"true:{w}x{h}:true" for w, h in sizes]
+    assert "Recall" in dom.stdout and "Where the time went" in dom.stdout
 
 
 def test_class_archive_written_by_one_session_is_mapped_by_the_next_in_the_same_process(

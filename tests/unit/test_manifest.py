@@ -10,7 +10,8 @@ from knnspark.config import KnnConfig
 from knnspark.manifest import SCHEMA_VERSION, Manifest, ManifestError
 
 
-def _manifest() -> dict:
+def manifest_dict() -> dict:
+    """A complete manifest as written (also the report tests' input)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "knnspark_version": "0.1.0",
@@ -47,17 +48,33 @@ def _manifest() -> dict:
             "ci95_high": 1.0,
             "share_items_recall_below_0_5": 0.0,
             "method": "tie-aware",
+            "per_item_recall_histogram": [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],
+            "score_quantile_levels": [0.05, 0.25, 0.5, 0.75, 0.95],
+            "found_score_quantiles_by_rank": [[0.9, 0.92, 0.95, 0.97, 0.99]] * 9,
+            "exact_score_quantiles_by_rank": [[0.9, 0.92, 0.95, 0.97, 0.99]] * 9,
         },  # fmt: skip
     }
 
 
 def test_a_manifest_reads_back_as_written() -> None:
-    data = _manifest()
+    data = manifest_dict()
     manifest = Manifest.from_dict(data)
     assert manifest.recall is not None and manifest.recall.recall_at_k == 1
     assert manifest.to_dict() == data
     data["recall"] = None  # a run that measured no recall
     assert Manifest.from_dict(data).recall is None
+
+
+def test_a_manifest_written_before_the_report_fields_still_reads() -> None:
+    data = manifest_dict()
+    for key in ("per_item_recall_histogram", "score_quantile_levels",
+                "found_score_quantiles_by_rank", "exact_score_quantiles_by_rank"):  # fmt: skip
+        del data["recall"][key]
+    recall = Manifest.from_dict(data).recall
+    assert recall is not None and recall.per_item_recall_histogram is None
+    del data["recall"]["n_sample"]  # a field every version has is still required
+    with pytest.raises(ManifestError, match="recall.n_sample: missing"):
+        Manifest.from_dict(data)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +88,10 @@ def test_a_manifest_reads_back_as_written() -> None:
         ),
         (lambda m: m["output"].update(columns="item_id"), "output.columns: expected a list"),
         (lambda m: m["recall"].update(recall_at_k=True), "recall.recall_at_k: expected float"),
+        (
+            lambda m: m["recall"].update(per_item_recall_histogram=[1.5]),
+            "recall.per_item_recall_histogram[0]: expected int",
+        ),
         (lambda m: m["timings_s"].update(write="fast"), "timings_s.write: expected float"),
         (lambda m: m["counts"].pop("n_items"), "counts: missing ['n_items']"),
         (lambda m: m["resolved"].pop("plan"), "resolved: missing ['plan']"),
@@ -79,7 +100,7 @@ def test_a_manifest_reads_back_as_written() -> None:
     ],
 )
 def test_a_wrong_manifest_is_refused_naming_the_field(change, problem) -> None:
-    data = copy.deepcopy(_manifest())
+    data = copy.deepcopy(manifest_dict())
     change(data)
     with pytest.raises(ManifestError) as err:
         Manifest.from_dict(data)
