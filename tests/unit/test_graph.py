@@ -220,3 +220,35 @@ def test_the_cell_graph_does_not_depend_on_the_block_size(monkeypatch):
         np.testing.assert_array_equal(pos, graphs[0][0])
         np.testing.assert_array_equal(scores, graphs[0][1])
     assert search.block_rows(2000, 64, 10) > search.block_rows(100, 64, 10)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_index_keeps_each_members_probes_as_the_blocks_would_select_them(
+    monkeypatch, n_threads
+):
+    """The index selects every member's nearest clusters once (home first, then its probes);
+    the probe pass reads them. They must be the per-block selection, and the graph the one a
+    per-block selection gives; a probe wider than the kept list is selected per block."""
+    from knnspark import search
+
+    x, _, _, _, _ = _clustered_index(3000, 12, 20, seed=8, dup=25)
+    keys = np.arange(len(x), dtype=np.int64)
+    params = search.CellSearch(k=7, n_clusters=30, n_probe=4, n_refine=0, seed=3)
+    monkeypatch.setattr(search, "NEAR_ROWS", 700)  # several chunks, one of them short
+    index = search.CellIndex(keys, x, params, n_threads=n_threads)
+    assert index.near.shape == (len(x), 4)
+    np.testing.assert_array_equal(index.home, nearest_centroids(x, index.centroids, 1)[:, 0])
+    per_block = _probes_home_first(x, index.home, index.centroids, 4)
+    np.testing.assert_array_equal(index.near, per_block)
+    pos, scores = index.probe(4)
+    want = graph.probed_topk(x, np.arange(len(x)), per_block, index.cluster_rows,
+                             index.offsets, index.k)  # fmt: skip
+    np.testing.assert_array_equal(pos, want[0])
+    np.testing.assert_array_equal(scores, want[1])
+    wider, _ = index.probe(6)  # beyond the kept four: selected per block
+    six = _probes_home_first(x, index.home, index.centroids, 6)
+    want6 = graph.probed_topk(x, np.arange(len(x)), six, index.cluster_rows, index.offsets,
+                              index.k)  # fmt: skip
+    np.testing.assert_array_equal(wider, want6[0])
+    exact = search.CellIndex(keys, x, search.CellSearch(k=7, n_clusters=30, exact=True, seed=3))
+    assert exact.near.shape == (len(x), 1)  # every cluster is probed: only the home is kept
