@@ -3,9 +3,11 @@
 The table is cut into *cells* by a coarse spherical k-means on the driver; every item is a
 *member* of its ``overlap`` nearest cells (its nearest is its *home*), and one Spark task per
 cell runs the single-node search (:func:`knnspark.search.search_cell`: fine k-means, probes,
-refinement rounds) over the cell's members, in a pool of ``spark.task.cpus`` threads of one
-BLAS thread each. The lists an item gets from its cells are merged by one shuffle of candidate
-rows (dedupe, top-k, ties by score desc then neighbour key asc).
+refinement rounds) over the cell's members, in a pool of threads of one BLAS thread each, as
+many as the task's cores (on a cluster a task resource profile gives a cell task the
+executor's cores: :func:`knnspark.plan.cell_task_cores`). The lists an item gets from its
+cells are merged by one shuffle of candidate rows (dedupe, top-k, ties by score desc then
+neighbour key asc).
 
 What grows with the table stays on the executors: the driver holds the coarse centroids, a
 sample of bounded size and per-cell counts; a task holds one cell, whose size is bounded by
@@ -26,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pyspark import TaskContext
 from pyspark.accumulators import AccumulatorParam
+from pyspark.resource import ResourceProfile, ResourceProfileBuilder, TaskResourceRequests
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -246,7 +250,7 @@ def _tune_on_one_cell(
         n_homes = int(np.count_nonzero(tbl.column("home").to_numpy(zero_copy_only=False)))
         # Built by the driver: no Python worker's memory to report (0).
         stats.add({group: (len(keys), n_homes, time.perf_counter() - started,
-                           index.n_clusters, 0.0)})  # fmt: skip
+                           index.n_clusters, 0.0, n_threads)})  # fmt: skip
         info["rows"] = len(keys)
     log.info(
         "target recall %.3f tuned on cell %d (%d members): %s, sample recall %.4f (lower 95%% "
@@ -313,7 +317,8 @@ def cell_candidates(
         plan = plan_cells(x, n_items, max_members, overlap, config)
         info["rows"] = plan.n_cells
     est = plan.estimated_members
-    n_threads = cell_threads(spark, plan.n_groups)
+    task = run_plan.cell_task
+    n_threads = cell_threads(spark, plan.n_groups, task.cpus)
     log.info(
         "cells: %d coarse cells (cap %d members = %.0f MB, %s), overlap %d; members per cell "
         "estimated min %.0f / median %.0f / max %.0f; %d cut into parts (%d groups)",
@@ -330,6 +335,8 @@ def cell_candidates(
         cell_max_members=max_members,
         kmeans_sample_rows=int(len(x)),
         cell_threads=n_threads,
+        cell_task_cpus=task.cpus,
+        cell_task_cpus_from=task.reason,
     )
     bc = spark.sparkContext.broadcast(
         (plan.centroids, plan.overlap, plan.first_group, plan.n_parts, plan.labels)
@@ -364,24 +371,32 @@ def cell_candidates(
         udfs.cell_topk, params=params, dim=dim, n_threads=n_threads, stats=stats
     )
 
-    def search(table: pa.Table) -> pa.Table:  # applyInArrow reads the kind from the hints
-        return search_fn(table)
+    def search(batches):  # a partition's Arrow batches, searched on the executor
+        context = TaskContext.get()
+        granted = context.cpus() if context is not None else 0
+        return udfs.cells_of_partition(batches, functools.partial(search_fn, task_cpus=granted))
 
-    # One partition, so one task, per group (see CellPlan.labels); the grouping needs no
-    # second shuffle, and the explicit partition count is not coalesced by adaptive execution.
-    cands = (
-        rows.repartition(plan.n_groups, "grp")
-        .groupBy("grp")
-        .applyInArrow(search, udfs.CANDIDATES_SCHEMA)
+    # One partition, so one task, per group (see CellPlan.labels): the explicit partition count
+    # is not coalesced by adaptive execution, and no sort by group is needed. On a cluster the
+    # task asks for its cores by a task resource profile (plan.cell_task_cores), so one copy of
+    # the cell is searched by as many threads.
+    profile = _task_profile(task.cpus) if task.profile else None
+    cands = rows.repartition(plan.n_groups, "grp").mapInArrow(
+        search, udfs.CANDIDATES_SCHEMA, profile=profile
     )
     if tuned is not None:
         cands = cands.unionByName(spark.createDataFrame(tuned, udfs.CANDIDATES_SCHEMA))
     return cands, n_items * plan.overlap * kk, functools.partial(_report_cells, stats, report)
 
 
+def _task_profile(cpus: int) -> ResourceProfile:
+    """A stage-level profile whose tasks take ``cpus`` cores of the running executors."""
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(cpus)).build
+
+
 class CellStats(AccumulatorParam):
     """Per-group figures of the cell tasks, ``{group: (members, homes, seconds, clusters,
-    peak RSS MB)}`` (see :func:`knnspark.udfs.cell_topk`).
+    peak RSS MB, task cores)}`` (see :func:`knnspark.udfs.cell_topk`).
 
     Keyed by group, so a retried or recomputed task sets its entry again instead of adding to
     it; the driver holds one small tuple per group (counts, which may grow with the cells).
@@ -401,7 +416,9 @@ def _report_cells(stats: Any, report: RunReport) -> None:
     if not groups:
         return
     columns = zip(*groups.values())
-    members, homes, seconds, clusters, rss = (np.array(v, dtype=np.float64) for v in columns)
+    members, homes, seconds, clusters, rss, cpus = (
+        np.array(v, dtype=np.float64) for v in columns
+    )
     report.resolved.update(
         cell_members_min=int(members.min()),
         cell_members_median=float(np.median(members)),
@@ -414,6 +431,7 @@ def _report_cells(stats: Any, report: RunReport) -> None:
         cell_build_s_total=round(float(seconds.sum()), 3),
         n_cell_tasks=len(groups),
         cell_worker_peak_rss_mb_max=round(float(rss.max()), 1),
+        cell_task_cpus_granted_min=int(cpus.min()),
     )
     log.info(
         "cells built: %d tasks, members min %d / median %.0f / max %d, build %.1f s median, "

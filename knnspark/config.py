@@ -132,6 +132,15 @@ class KnnConfig:
         MB (about 350k x 384).
         A task holds the cell about three times over (Arrow rows, the float32 matrix, the
         gathers of its blocks) plus the graph.
+    cell_task_cpus : int or None
+        Cores one cell task takes on a cluster: its search runs that many threads (one BLAS
+        thread each) over one copy of the cell, where single-core tasks would hold a cell
+        each. Asked for by a stage-level task resource profile for the cell stage only (Spark
+        reuses the running executors; it needs ``spark.dynamicAllocation.enabled=false``, else
+        the cells run with ``spark.task.cpus``). ``None``: ``spark.executor.cores`` when set,
+        else ``spark.task.cpus``; clipped to ``spark.executor.cores``. Local mode ignores it
+        (the cell tasks share the local cores). The cell budget divides the executor's Python
+        memory among the cell tasks that run at once (``executor cores / cell_task_cpus``).
     overlap : int
         Cells each item is a member of (its nearest ones); the item's lists from each are
         merged. 1 is a plain partition: items near a cell's border then lose the neighbours
@@ -193,6 +202,7 @@ class KnnConfig:
     refine_fanout: int | None = None
     broadcast_max_mb: int | None = None
     cell_max_mb: float | None = None
+    cell_task_cpus: int | None = None
     overlap: int = 2
     cross_cell_rounds: int = 0
     driver_search_max_items: int | None = None
@@ -344,6 +354,7 @@ _CONSTRAINTS = {
     "refine_fanout": _int_range(1, optional=True),
     "broadcast_max_mb": _int_range(0, optional=True),
     "cell_max_mb": _positive_or_unset,
+    "cell_task_cpus": _int_range(1, 1024, optional=True),
     "overlap": _int_range(1, 8),
     "cross_cell_rounds": _int_range(0, 5),
     "driver_search_max_items": _int_range(0, optional=True),
@@ -441,6 +452,12 @@ PARAMETERS: dict[str, Param] = {
     "lsh_false_negative_weight": Param("lsh", "weight of missed neighbours against extra pairs "
                                        "in the S-curve objective", flag=False),  # fmt: skip
     "n_perm": Param("lsh", "MinHash permutations per item (Jaccard)", flag=False),
+    "cell_task_cpus": Param(
+        "resources",
+        "cores one cell task takes on a cluster, its search threads, through a stage-level "
+        "resource profile (default: spark.executor.cores, else spark.task.cpus; local mode "
+        "ignores it)",
+    ),
     "block_bytes": Param("resources", "memory of one query block's score matrix in the kernel",
                          flag=False),  # fmt: skip
     "on_invalid": Param("quality", "invalid input rows: error (stop and list them) or skip "

@@ -20,8 +20,10 @@ from knnspark.config import KnnConfig
 from knnspark.session import is_local_master, local_cores, memory_mb
 
 __all__ = [
+    "CellTaskCores",
     "RunPlan",
     "cell_budget_mb",
+    "cell_task_cores",
     "cell_threads",
     "decide_plan",
     "driver_budget_mb",
@@ -46,15 +48,73 @@ def task_cpus(spark: SparkSession) -> int:
     return max(1, int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
 
 
-def cell_threads(spark: SparkSession, n_groups: int) -> int:
-    """Threads of one cell task's search: ``spark.task.cpus`` on a cluster; in local mode the
-    machine's cores shared by the cell tasks that run at once (one cell: every core, as the
-    driver's search would use)."""
+@dataclass(frozen=True)
+class CellTaskCores:
+    """The cores one cell task takes.
+
+    Attributes
+    ----------
+    cpus : int
+        Cores of one cell task on a cluster: its search's threads.
+    profile : bool
+        Whether a stage-level task resource profile asks for them (above ``spark.task.cpus``).
+    reason : str
+        What set them.
+    """
+
+    cpus: int
+    profile: bool
+    reason: str
+
+
+def cell_task_cores(spark: SparkSession, config: KnnConfig) -> CellTaskCores:
+    """Cores of one cell task on a cluster, and whether the cell stage asks for them through a
+    task resource profile.
+
+    A cell task holds one copy of its cell and searches it in a pool of threads, so on a
+    cluster it should take the executor's cores: 16 single-core tasks on a 16-core executor
+    would hold 16 cells and split its Python memory 16 ways. ``cell_task_cpus`` when given,
+    else ``spark.executor.cores`` when set, clipped to ``spark.executor.cores`` (a task asking
+    for more than an executor has would never be scheduled). Spark grants more than
+    ``spark.task.cpus`` to one stage's tasks by a task resource profile, on the running
+    executors, only with dynamic allocation off (SPARK-39853); otherwise the cells run with
+    ``spark.task.cpus``. Local mode has no profiles: its cell tasks share the local cores
+    (:func:`cell_threads`).
+    """
+    base = task_cpus(spark)
+    if is_local_master(spark.sparkContext.master):
+        return CellTaskCores(base, False, "local mode: the cell tasks share the local cores")
+    conf = spark.sparkContext.getConf()
+    executor_cores = conf.get("spark.executor.cores", None)
+    if config.cell_task_cpus is not None:
+        wanted, why = config.cell_task_cpus, "cell_task_cpus"
+    elif executor_cores:
+        wanted, why = int(executor_cores), "spark.executor.cores"
+    else:
+        return CellTaskCores(base, False, "spark.task.cpus (spark.executor.cores unset)")
+    if executor_cores and wanted > int(executor_cores):
+        wanted, why = int(executor_cores), f"{why}, clipped to spark.executor.cores"
+    if wanted <= base:
+        return CellTaskCores(base, False, "spark.task.cpus")
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        log.warning(
+            "cell tasks run with spark.task.cpus=%d thread(s), not %d: a task resource profile "
+            "needs spark.dynamicAllocation.enabled=false; set spark.task.cpus to give every "
+            "task more cores", base, wanted,
+        )  # fmt: skip
+        return CellTaskCores(base, False, "spark.task.cpus (dynamic allocation is on)")
+    return CellTaskCores(wanted, True, f"{why}, by a task resource profile")
+
+
+def cell_threads(spark: SparkSession, n_groups: int, task_cores: int) -> int:
+    """Threads of one cell task's search: the cell task's cores on a cluster
+    (:func:`cell_task_cores`); in local mode the machine's cores shared by the cell tasks that
+    run at once (one cell: every core, as the driver's search would use)."""
     master = spark.sparkContext.master
     if is_local_master(master):
         cores = local_cores(master)
         return max(task_cpus(spark), cores // max(1, min(n_groups, cores)))
-    return task_cpus(spark)
+    return task_cores
 
 
 def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
@@ -62,12 +122,12 @@ def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
 
     ``cell_max_mb`` when given. Otherwise, when ``spark.executor.pyspark.memory`` caps the
     Python workers: Spark divides that cap among the executor's concurrently running tasks
-    (``spark.executor.cores / spark.task.cpus``), and a cell takes a quarter of one task's
-    share. Without a cap, in local mode, the machine's memory is what the tasks share: a
-    quarter of its share per concurrent task, at most :data:`LOCAL_CELL_MAX_MB` (24 GiB and
-    2 tasks: 2 GB, so a 1M x 384 table is 3 cells, where 512 MB cells would make 12, and
-    true neighbours share a cell far less often: docs/scale.md). On a cluster without a cap,
-    512 MB.
+    (``spark.executor.cores`` over a cell task's cores, :func:`cell_task_cores`), and a cell
+    takes a quarter of one task's share. Without a cap, in local mode, the machine's memory is
+    what the tasks share: a quarter of its share per concurrent task, at most
+    :data:`LOCAL_CELL_MAX_MB` (24 GiB and 2 tasks: 2 GB, so a 1M x 384 table is 3 cells, where
+    512 MB cells would make 12, and true neighbours share a cell far less often:
+    docs/scale.md). On a cluster without a cap, 512 MB.
     """
     if config.cell_max_mb is not None:
         return float(config.cell_max_mb), "cell_max_mb"
@@ -75,7 +135,7 @@ def cell_budget_mb(spark: SparkSession, config: KnnConfig) -> tuple[float, str]:
     worker = conf.get("spark.executor.pyspark.memory", None)
     if worker:
         cores = int(conf.get("spark.executor.cores", "1"))
-        slots = max(1, cores // task_cpus(spark))
+        slots = max(1, cores // cell_task_cores(spark, config).cpus)
         per_task = memory_mb(worker) / slots
         return (
             per_task * CELL_SHARE_OF_TASK_MEMORY,
@@ -199,6 +259,9 @@ class RunPlan:
         Largest table the driver searches as one cell; ``driver_max_mb_from`` says what set it.
     driver_threads : int
         Threads of a search on the driver (the one cell, a target-recall tuning cell).
+    cell_task : CellTaskCores
+        The cores of one cell task on a cluster, and whether a task resource profile asks for
+        them.
     """
 
     search: str
@@ -210,6 +273,7 @@ class RunPlan:
     driver_max_mb: float
     driver_max_mb_from: str
     driver_threads: int
+    cell_task: CellTaskCores
 
     @property
     def on_driver(self) -> bool:
@@ -268,4 +332,5 @@ def decide_plan(
         driver_max_mb=driver_mb,
         driver_max_mb_from=driver_from,
         driver_threads=driver_threads(spark),
+        cell_task=cell_task_cores(spark, config),
     )

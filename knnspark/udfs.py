@@ -30,6 +30,7 @@ __all__ = [
     "cell_assign_batches",
     "pivot_pairs_table",
     "cell_topk",
+    "cells_of_partition",
     "list_to_matrix",
     "list_to_sets",
     "GRAPH_ARROW_SCHEMA",
@@ -683,14 +684,16 @@ def cell_topk(
     dim: int,
     n_threads: int,
     stats: object | None = None,
+    task_cpus: int = 0,
 ) -> pa.Table:
     """Candidate pairs ``(key, nbr, score)`` of one cell group: the in-cell top-k of each of
-    its members, found by :func:`knnspark.search.search_cell`.
+    its members, found by :func:`knnspark.search.search_cell` in ``n_threads`` threads.
 
     The vectors are gathered into key order straight from the Arrow chunks, one float32 copy
     (a cell is the largest thing a task holds). ``stats`` (a Spark accumulator of a dict, see
     :func:`knnspark.cells.CellStats`), when given, gets ``{group: (members, homes, seconds,
-    fine clusters)}``: keyed by group, so a retried task sets the same entry again.
+    fine clusters, peak RSS MB, task_cpus)}`` (``task_cpus``: the cores Spark granted the task,
+    0 if unknown): keyed by group, so a retried task sets the same entry again.
     """
     _maybe_fail("cell_topk")
     started = time.perf_counter()
@@ -712,8 +715,33 @@ def cell_topk(
     if stats is not None:
         group = int(_column(table, "grp")[0].as_py()) if len(keys) else -1
         seconds = time.perf_counter() - started
-        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb())})
+        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb(),
+                           task_cpus)})  # fmt: skip
     return out
+
+
+def cells_of_partition(
+    batches: Iterator[pa.RecordBatch], search_group: Any
+) -> Iterator[pa.RecordBatch]:
+    """The candidate rows of every cell group in one partition's batches (``grp, key, vec,
+    home``): ``search_group(table)`` (:func:`cell_topk`) for each group, in group order.
+
+    The cells' partitioning gives each group a partition of its own
+    (:attr:`knnspark.cells.CellPlan.labels`); a partition that holds several (or none) is
+    still searched group by group, so the table never depends on how groups share partitions.
+    """
+    batches = list(batches)
+    if not batches:
+        return
+    table = pa.Table.from_batches(batches)
+    del batches
+    if table.num_rows == 0:
+        return
+    grp = table.column("grp").to_numpy()
+    groups = np.unique(grp)
+    for g in groups:
+        part = table if len(groups) == 1 else table.filter(pa.array(grp == g))
+        yield from search_group(part).to_batches()
 
 
 def graph_candidates(keys: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pa.Table:

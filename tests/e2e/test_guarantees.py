@@ -1,5 +1,6 @@
 """Determinism and retry safety: the same seed gives the identical table, bit for bit."""
 
+import json
 import os
 import subprocess
 import sys
@@ -118,6 +119,28 @@ def test_local1_vs_local2_and_injected_task_failures(spark, dup_heavy, tmp_path)
     )
     assert "injected failure" in proc.stderr  # the failures really happened
     assert _parquet_rows(tmp_path / "retried") == in_process
+
+
+def test_a_cell_task_searches_with_all_its_executors_cores(spark, dup_heavy, tmp_path):
+    """On a cluster (local-cluster: one executor of two cores), a task resource profile gives
+    each cell task both cores: Spark granted them (the tasks' own TaskContext says so), the
+    search ran two threads over one copy of the cell, and the table is the one a single-core
+    search gives."""
+    keys, x, data = dup_heavy
+    if not (data / "_SUCCESS").exists():
+        to_df(spark, keys, x).write.mode("overwrite").parquet(str(data))
+    cfg = CFG.replace(broadcast_max_mb=0, cell_max_mb=0.03)  # 0.03 MB: ~490 members a cell
+    reference = _rows(compute_neighbors(spark.read.parquet(str(data)), cfg).table)
+    out = tmp_path / "two_cores"
+    _cli(out, "local-cluster[1,2,1024]", data, extra_args=[
+        "--broadcast-max-mb", "0", "--cell-max-mb", "0.03", "--conf", "spark.executor.cores=2",
+    ])  # fmt: skip
+    resolved = json.loads((out / "_manifest.json").read_text())["resolved"]
+    assert resolved["plan"] == "cells" and resolved["n_cell_tasks"] >= 2
+    assert resolved["cell_task_cpus"] == 2 and "profile" in resolved["cell_task_cpus_from"]
+    assert resolved["cell_task_cpus_granted_min"] == 2
+    assert resolved["cell_threads"] == 2
+    assert _parquet_rows(out) == reference
 
 
 def _executor_pids():

@@ -480,10 +480,17 @@ def _pseudo_session(master: str, conf: dict[str, str]) -> SimpleNamespace:
 
 def test_cell_budget_follows_the_python_memory_spark_really_gives_a_task():
     cap = {"spark.executor.pyspark.memory": "8g", "spark.executor.cores": "4"}
+    # A cell task takes the executor's 4 cores (a task resource profile): one task at a time.
     budget, why = plan.cell_budget_mb(_pseudo_session("yarn", cap), KnnConfig())
-    assert budget == 8192 / 4 * 0.25 and "4 tasks" in why  # divided among 4 concurrent tasks
-    two_cpus = {**cap, "spark.task.cpus": "2"}
+    assert budget == 8192 * 0.25 and "1 tasks" in why
+    # Dynamic allocation on: no profile, so 4 single-core cell tasks share the executor.
+    dynamic = {**cap, "spark.dynamicAllocation.enabled": "true"}
+    budget, why = plan.cell_budget_mb(_pseudo_session("yarn", dynamic), KnnConfig())
+    assert budget == 8192 / 4 * 0.25 and "4 tasks" in why
+    two_cpus = {**dynamic, "spark.task.cpus": "2"}
     assert plan.cell_budget_mb(_pseudo_session("yarn", two_cpus), KnnConfig())[0] == 8192 / 2 / 4
+    two_per_cell = KnnConfig(cell_task_cpus=2)
+    assert plan.cell_budget_mb(_pseudo_session("yarn", cap), two_per_cell)[0] == 8192 / 2 / 4
     assert plan.cell_budget_mb(_pseudo_session("yarn", {}), KnnConfig()) == (512.0, "default")
     given = KnnConfig(cell_max_mb=7.5)
     assert plan.cell_budget_mb(_pseudo_session("yarn", cap), given) == (7.5, "cell_max_mb")
@@ -493,6 +500,31 @@ def test_cell_budget_follows_the_python_memory_spark_really_gives_a_task():
     # local-cluster mimics a cluster.
     mimic = _pseudo_session("local-cluster[2,1,1024]", {})
     assert plan.cell_budget_mb(mimic, KnnConfig())[0] == 512
+
+
+def test_a_cell_task_takes_the_executor_cores_through_a_task_profile():
+    four = {"spark.executor.cores": "4"}
+    task = plan.cell_task_cores(_pseudo_session("yarn", four), KnnConfig())
+    assert (task.cpus, task.profile) == (4, True) and "spark.executor.cores" in task.reason
+    # Asked for: at most what an executor has (a bigger task would never be scheduled).
+    task = plan.cell_task_cores(_pseudo_session("yarn", four), KnnConfig(cell_task_cpus=2))
+    assert (task.cpus, task.profile) == (2, True)
+    task = plan.cell_task_cores(_pseudo_session("yarn", four), KnnConfig(cell_task_cpus=16))
+    assert (task.cpus, task.profile) == (4, True) and "clipped" in task.reason
+    # Nothing above spark.task.cpus to ask for: no profile.
+    task = plan.cell_task_cores(_pseudo_session("yarn", {**four, "spark.task.cpus": "4"}),
+                                KnnConfig())  # fmt: skip
+    assert (task.cpus, task.profile) == (4, False)
+    # Unknown executor cores, dynamic allocation on, or local mode: spark.task.cpus.
+    for session in (
+        _pseudo_session("yarn", {}),
+        _pseudo_session("yarn", {**four, "spark.dynamicAllocation.enabled": "true"}),
+        _pseudo_session("local[4]", four),
+    ):
+        task = plan.cell_task_cores(session, KnnConfig())
+        assert (task.cpus, task.profile) == (1, False)
+    assert plan.cell_threads(_pseudo_session("yarn", four), 10, 4) == 4
+    assert plan.cell_threads(_pseudo_session("local[4]", four), 2, 1) == 2  # shared cores
 
 
 def test_the_driver_searches_in_local_mode_what_one_cell_may_hold():
