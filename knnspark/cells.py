@@ -284,7 +284,7 @@ def cell_candidates(
     config: KnnConfig,
     report: RunReport,
     kk: int,
-) -> tuple[DataFrame, int, Any]:
+) -> tuple[DataFrame, int, Any, np.ndarray]:
     """Candidate rows ``key, nbr, score`` of every item from every cell it is a member of.
 
     Parameters
@@ -303,6 +303,8 @@ def cell_candidates(
     report_cells : callable
         Call it once the candidates were computed: it writes the cell tasks' sizes and build
         times into ``report``.
+    centroids : ndarray of shape (n_cells, d), float32
+        The coarse cells (for the saved index).
     """
     n_items, dim = run_plan.n_items, run_plan.dim
     budget_mb, why = run_plan.cell_max_mb, run_plan.cell_max_mb_from
@@ -386,7 +388,8 @@ def cell_candidates(
     )
     if tuned is not None:
         cands = cands.unionByName(spark.createDataFrame(tuned, udfs.CANDIDATES_SCHEMA))
-    return cands, n_items * plan.overlap * kk, functools.partial(_report_cells, stats, report)
+    report_cells = functools.partial(_report_cells, stats, report)
+    return cands, n_items * plan.overlap * kk, report_cells, plan.centroids
 
 
 def _task_profile(cpus: int) -> ResourceProfile:

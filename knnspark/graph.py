@@ -39,6 +39,7 @@ __all__ = [
     "round_flags",
     "merge_graphs",
     "probed_topk",
+    "refine_queries",
     "refine_topk",
     "reverse_lists",
     "top_per_group",
@@ -91,6 +92,7 @@ def probed_topk(
     k: int,
     *,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    queries: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each query among the members of the clusters it probes.
 
@@ -111,6 +113,10 @@ def probed_topk(
         Neighbours per query.
     block_bytes : int
         Memory budget of one score matrix (see :func:`~knnspark.kernel.query_block_rows`).
+    queries : ndarray of shape (b, d), float32, optional
+        Unit vectors of queries that are not items of ``vecs`` (a query of a saved index):
+        ``query_rows`` is then ignored, no member is excluded, and ``probes[:, 0]`` is the
+        query's nearest cluster.
 
     Returns
     -------
@@ -120,8 +126,13 @@ def probed_topk(
     scores : ndarray of shape (b, k), float32
         Cosine similarities re-computed in float64 for the selected pairs; ``-inf`` padding.
     """
-    b = len(query_rows)
-    q_vecs = np.ascontiguousarray(vecs[query_rows], dtype=np.float32)
+    if queries is not None:
+        b = len(queries)
+        q_vecs = np.ascontiguousarray(queries, dtype=np.float32)
+        query_rows = np.full(b, -1, dtype=np.int64)  # no member is at position -1
+    else:
+        b = len(query_rows)
+        q_vecs = np.ascontiguousarray(vecs[query_rows], dtype=np.float32)
     tau = np.full(b, -np.inf, dtype=np.float32)  # each query's k-th best score so far
     floor = np.finfo(np.float32).min  # excludes the -inf given to the query itself
     cand_q: list[np.ndarray] = []
@@ -341,6 +352,67 @@ def refine_topk(
                 same.any(axis=2), scores[q][np.arange(len(q))[:, None], same.argmax(axis=2)], np.nan
             )
         out_pos[s : s + len(q), :kk], out_s[s : s + len(q), :kk] = _finish(q_vecs, vecs, pos, known)
+    return out_pos, out_s
+
+
+def refine_queries(
+    vecs: np.ndarray,
+    queries: np.ndarray,
+    pos: np.ndarray,
+    graph: np.ndarray,
+    k: int,
+    *,
+    fanout: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One refinement round of queries that are not items: each query's best ``k`` among its
+    current neighbours and their neighbours in the items' graph (what :func:`refine_topk`
+    does for items, without the reverse lists, which queries are never in).
+
+    Parameters
+    ----------
+    vecs : ndarray of shape (n, d), float32
+        Unit vectors of the items, in key order.
+    queries : ndarray of shape (b, d), float32
+        Unit vectors of the queries.
+    pos : ndarray of shape (b, kq), int64
+        Each query's current neighbour positions (``-1`` padding).
+    graph : ndarray of shape (n, kg), int64
+        The items' neighbour positions (``-1`` padding).
+    k : int
+    fanout : int, optional
+        Only the query's best ``fanout`` neighbours have their lists scored (all if ``None``).
+
+    Returns
+    -------
+    pos, scores : ndarray of shape (b, k)
+        As :func:`probed_topk`; a query's list never gets worse.
+    """
+    n = len(vecs)
+    b = len(queries)
+    m = pos.shape[1] if fanout is None else min(fanout, pos.shape[1])
+    out_pos = np.full((b, k), -1, dtype=np.int64)
+    out_s = np.full((b, k), -np.inf, dtype=np.float32)
+    for s in range(0, b, _REFINE_ROWS):
+        nb = pos[s : s + _REFINE_ROWS]
+        via = nb[:, :m]
+        nb2 = np.where(via[:, :, None] >= 0, graph[np.maximum(via, 0)], -1).reshape(len(nb), -1)
+        cand = np.concatenate([nb, nb2], axis=1)
+        cand[cand < 0] = n
+        cand.sort(axis=1)
+        dup = np.zeros(cand.shape, dtype=bool)
+        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        cand[dup] = n
+        cand.sort(axis=1)
+        width = max(int((cand < n).sum(axis=1).max()), 1)
+        cand = cand[:, :width]
+        q_vecs = np.ascontiguousarray(queries[s : s + _REFINE_ROWS], dtype=np.float32)
+        cand_scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
+        cand_scores[cand == n] = -np.inf
+        kk = min(k, width)
+        sel = select_topk(cand_scores, kk)
+        top = np.take_along_axis(cand, sel, axis=1)
+        top[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
+        out_pos[s : s + len(nb), :kk], out_s[s : s + len(nb), :kk] = _finish(q_vecs, vecs, top)
     return out_pos, out_s
 
 

@@ -27,6 +27,7 @@ from pyspark.sql.pandas.types import to_arrow_type
 
 from knnspark import cells, evaluate, sampling, search, udfs
 from knnspark.config import KnnConfig
+from knnspark.index import IndexParts
 from knnspark.prepare import Prepared
 from knnspark.progress import RunReport, stage
 
@@ -45,13 +46,13 @@ def search_on_driver(
     report: RunReport,
     kk: int,
     n_threads: int,
-) -> tuple[Callable[[], DataFrame], int, DriverTable | None]:
+) -> tuple[Callable[[], DataFrame], int, DriverTable | None, IndexParts]:
     """The one-cell search on the driver, k-means or exact, with its fill and recall.
 
     The driver holds every vector in this plan, so items short of k and the recall sample are
     searched exactly right there, without a Spark scan. Returns what builds the table, how many
-    items have a full top-k, and the table held by the driver (``None`` for string ids the
-    driver has not read).
+    items have a full top-k, the table held by the driver (``None`` for string ids the
+    driver has not read), and the fine centroids for the saved index.
     """
     exact = config.resolved_method == "exact"
     if prep.items is None:
@@ -60,7 +61,7 @@ def search_on_driver(
             info["rows"] = prep.n_items
     keys, vecs = prep.items
     params = cells.cell_search_params(config, kk)
-    pos, scores = search_in_memory(
+    pos, scores, centroids = search_in_memory(
         spark, keys, vecs, params, report, n_threads,
         target_recall=None if exact else config.target_recall, tune_sample=config.tune_sample,
     )  # fmt: skip
@@ -80,7 +81,8 @@ def search_on_driver(
     if prep.id_map is None or prep.ids is not None:
         driver_table = DriverTable(keys, pos, scores, prep.ids, to_arrow_type(prep.id_type))
     make_merged = functools.partial(emit, spark, keys, pos, scores, report)
-    return make_merged, int((pos[:, kk - 1] >= 0).sum()), driver_table
+    parts = IndexParts("driver", centroids, "fine", index_search(params, report))
+    return make_merged, int((pos[:, kk - 1] >= 0).sum()), driver_table, parts
 
 
 def search_in_memory(
@@ -92,9 +94,10 @@ def search_in_memory(
     n_threads: int,
     target_recall: float | None = None,
     tune_sample: int = 1000,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every item's top-k, searched by the driver as one cell (:mod:`knnspark.search`) in
-    ``n_threads`` threads: positions (n, k) in ``keys`` (``-1`` padding) and scores.
+    ``n_threads`` threads: positions (n, k) in ``keys`` (``-1`` padding), scores, and the
+    cell's fine centroids (shape (c, d)).
 
     Parameters
     ----------
@@ -175,7 +178,19 @@ def search_in_memory(
         cluster_members_median=float(np.median(sizes)),
         cluster_members_max=int(sizes.max()),
     )
-    return pos, scores
+    return pos, scores, index.centroids
+
+
+def index_search(params: search.CellSearch, report: RunReport) -> dict[str, Any]:
+    """The search a later query of the saved index repeats: the run's probes and rounds."""
+    return {
+        "n_probe": int(report.resolved.get("n_probe") or params.resolve_n_probe(10**9)),
+        "n_refine": max(int(report.resolved.get("n_refine", 0)), params.n_refine),
+        "refine_fanout": params.refine_fanout,
+        "target_bucket_size": params.target_bucket_size,
+        "kmeans_iter": params.kmeans_iter,
+        "exact": params.exact,
+    }
 
 
 def emit(

@@ -43,7 +43,10 @@ __all__ = [
     "local_parquet_files",
     "local_parquet_shape",
     "is_local",
+    "read_file",
     "read_local_parquet",
+    "write_arrow",
+    "write_file",
     "register_table",
     "written_rows",
 ]
@@ -243,11 +246,55 @@ class _Fs:
         self.fs.mkdirs(self.path(p))
 
     def write_text(self, p: str, text: str) -> None:
+        self.write_bytes(p, text.encode("utf-8"))
+
+    def write_bytes(self, p: str, data: bytes) -> None:
         out = self.fs.create(self.path(p), True)
         try:
-            out.write(bytearray(text.encode("utf-8")))
+            out.write(bytearray(data))
         finally:
             out.close()
+
+    def read_bytes(self, p: str) -> bytes:
+        stream = self.fs.open(self.path(p))
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+
+def write_file(spark: SparkSession, path: str, data: bytes) -> None:
+    """Write ``data`` as the file ``path`` (any Hadoop filesystem; Python's own for a local one)."""
+    fs = _Fs(spark, path)
+    local = fs.local_path(path)
+    if local is not None:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as f:
+            f.write(data)
+    else:
+        fs.write_bytes(path, data)
+
+
+def read_file(spark: SparkSession, path: str) -> bytes | None:
+    """The bytes of the file ``path``, or ``None`` when there is none."""
+    fs = _Fs(spark, path)
+    if not fs.exists(path):
+        return None
+    local = fs.local_path(path)
+    if local is not None:
+        with open(local, "rb") as f:
+            return f.read()
+    return fs.read_bytes(path)
+
+
+def write_arrow(spark: SparkSession, path: str, table: pa.Table) -> None:
+    """Write a driver-held Arrow table as the Parquet directory ``path``: pyarrow for a local
+    path, Spark (through the JVM as Arrow) for any other."""
+    local = _Fs(spark, path).local_path(path)
+    if local is not None:
+        _write_local_files(local, [table])
+    else:
+        spark.createDataFrame(table).write.mode("errorifexists").parquet(path)
 
 
 def partition_path(output: str, partition_date: str | None) -> str:
@@ -491,6 +538,7 @@ def publish_table(
     mode: str,
     make_manifest: Callable[[str], dict[str, Any]],
     arrow_files: Iterable[pa.Table] | None = None,
+    extras: Callable[[str], None] | None = None,
 ) -> str:
     """Write ``table`` as Parquet to ``target`` atomically; returns the manifest path.
 
@@ -499,7 +547,8 @@ def publish_table(
     (so it can read the written table back, e.g. to count rows) and its result is stored as
     ``_manifest.json``. ``arrow_files`` (a ``target`` on the driver's filesystem only, see
     :func:`is_local`): the same table as Arrow tables on the driver, which pyarrow writes one
-    file each instead of Spark writing ``table``.
+    file each instead of Spark writing ``table``. ``extras(staging_path)`` writes what else
+    belongs inside the table directory (the saved index), before the manifest.
     """
     staging = target if isinstance(target, Staging) else open_staging(spark, target, mode)
     target = staging.target
@@ -514,6 +563,8 @@ def publish_table(
             if local is None:
                 raise OutputError(f"{staging.path!r} is not on the driver's filesystem")
             _write_local_files(local, arrow_files)
+        if extras is not None:
+            extras(staging.path)
         manifest = make_manifest(staging.path)
         fs.write_text(
             f"{staging.path}/{MANIFEST_NAME}", json.dumps(manifest, indent=2, default=str)

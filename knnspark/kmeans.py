@@ -110,8 +110,15 @@ def fit_spherical_kmeans(
     return centroids
 
 
-#: Rows per chunk of :func:`nearest_centroids` (bounds its float64 temporaries).
+#: Bytes of one float64 score chunk of :func:`nearest_centroids`. Its argmax passes read the
+#: chunk once per probe, so a chunk that stays in the cache is what makes them cheap: one core,
+#: 65,536 rows x 64 against 4,000 centroids, p = 10, took 2.17 s in 4,096-row chunks (131 MB)
+#: and 1.21-1.24 s in 256-512-row ones (8-16 MB); 1,000 centroids 0.38 s against 0.30 s;
+#: 384-d against 320 or 1,000 centroids is within 10% from 256 to 4,096 rows.
+_CENTROID_BYTES = 8 * 1024 * 1024
+#: Most and fewest rows per chunk (the float64 copy of the rows is the rest of its memory).
 _CENTROID_ROWS = 4096
+_CENTROID_MIN_ROWS = 64
 
 
 def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.ndarray:
@@ -139,11 +146,13 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.
     c64 = np.asarray(centroids, dtype=np.float64)
     out = np.empty((len(x), p), dtype=np.int32)
     # Rows in chunks: the float64 copy and scores of a whole batch (10,000 x 768 is 59 MB) are
-    # what a Python worker under spark.executor.pyspark.memory runs out on. Each row's result
-    # is its own, so the chunking changes nothing.
-    for s in range(0, len(x), _CENTROID_ROWS):
-        sims = np.asarray(x[s : s + _CENTROID_ROWS], dtype=np.float64) @ c64.T
-        out[s : s + _CENTROID_ROWS] = _top_columns(sims, p)
+    # what a Python worker under spark.executor.pyspark.memory runs out on, and a chunk in the
+    # cache is what the argmax passes read fast (:data:`_CENTROID_BYTES`). Each row's result is
+    # its own, so the chunking changes nothing.
+    rows = int(np.clip(_CENTROID_BYTES // (8 * n_c), _CENTROID_MIN_ROWS, _CENTROID_ROWS))
+    for s in range(0, len(x), rows):
+        sims = np.asarray(x[s : s + rows], dtype=np.float64) @ c64.T
+        out[s : s + rows] = _top_columns(sims, p)
     return out
 
 

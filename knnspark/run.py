@@ -20,6 +20,7 @@ from knnspark import cells, inmemory, io, udfs
 from knnspark.bucket_search import exact_candidates, lsh_candidates
 from knnspark.config import KnnConfig
 from knnspark.evaluate import estimate_recall, fill_short_items
+from knnspark.index import IndexParts
 from knnspark.merge import cross_cell_round, merge_candidates
 from knnspark.plan import RunPlan, decide_plan
 from knnspark.prepare import Prepared, prepare_input, prepare_on_driver
@@ -47,6 +48,10 @@ class NeighborResult:
     #: The same table held by the driver (the in-memory plan), so it can be written without
     #: Spark; ``None`` otherwise.
     driver_table: inmemory.DriverTable | None = None
+    #: The validated input (what the saved index fingerprints).
+    prepared: Prepared | None = None
+    #: What the search leaves for the saved index (:mod:`knnspark.index`).
+    index: IndexParts | None = None
 
     @functools.cached_property
     def table(self) -> DataFrame:
@@ -106,11 +111,11 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
     if run_plan.on_driver:
         # Search, fill and recall by the driver, which holds every vector.
         report.resolved["search_on"] = "driver"
-        make_merged, n_full, driver_table = inmemory.search_on_driver(
+        make_merged, n_full, driver_table, parts = inmemory.search_on_driver(
             spark, prep, config, report, kk, run_plan.driver_threads
         )
     else:
-        merged = _search_in_spark(spark, prep, run_plan, config, report, kk)
+        merged, parts = _search_in_spark(spark, prep, run_plan, config, report, kk)
         with stage(spark, report, "check") as info:
             n_full = merged.filter(F.col("rank") == kk).count()
             info["rows"] = n_full
@@ -128,6 +133,8 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         plan=run_plan,
         rejected=prep.rejected,
         driver_table=driver_table,
+        prepared=prep,
+        index=parts,
     )
 
 
@@ -138,15 +145,17 @@ def _search_in_spark(
     config: KnnConfig,
     report: RunReport,
     kk: int,
-) -> DataFrame:
+) -> tuple[DataFrame, IndexParts]:
     """Candidates (cells or buckets) -> merged lists -> every item exactly ``kk``: the
-    ``key, nbr, rank, score`` table, persisted."""
+    ``key, nbr, rank, score`` table, persisted, and what the saved index keeps of the search."""
     after_merge = None
     staged: list[DataFrame] = []
+    parts = IndexParts("buckets", None, "none")
     if run_plan.search == "cells":
-        cands, max_rows, after_merge = cells.cell_candidates(
+        cands, max_rows, after_merge, coarse = cells.cell_candidates(
             spark, prep.data, run_plan, config, report, kk
         )
+        parts = IndexParts("cells", coarse, "coarse", {"overlap": int(config.overlap)})
     elif config.resolved_method == "exact":
         cands, max_rows, staged = exact_candidates(spark, prep, config, report)
     else:
@@ -160,7 +169,7 @@ def _search_in_spark(
         df_.unpersist()
     if config.resolved_method != "exact":
         merged = fill_short_items(spark, merged, prep, config, report, kk)
-    return merged
+    return merged, parts
 
 
 # --------------------------------------------------------------------------- output

@@ -184,6 +184,9 @@ class CellIndex:
         Threads searching blocks (the graph does not depend on it).
     progress : callable, optional
         Called with ``(blocks done, blocks)`` as blocks finish (the driver's heartbeat).
+    centroids : ndarray of shape (c, d), float32, optional
+        Fine centroids fitted before (a saved index's): no k-means is fitted, and the members
+        are assigned to these exactly as the run that fitted them assigned its own.
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class CellIndex:
         params: CellSearch,
         n_threads: int = 1,
         progress: Callable[[int, int], None] | None = None,
+        centroids: np.ndarray | None = None,
     ) -> None:
         m = len(keys)
         self.keys, self.vecs, self.params = keys, vecs, params
@@ -205,9 +209,13 @@ class CellIndex:
         )
         n_clusters = max(1, min(n_clusters, len(sample_rows)))
         self.n_sample = len(sample_rows)
-        self.centroids = fit_spherical_kmeans(
-            vecs[sample_rows], n_clusters, n_iter=params.kmeans_iter, seed=params.seed
-        )
+        if centroids is not None:
+            self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+            n_clusters = len(self.centroids)
+        else:
+            self.centroids = fit_spherical_kmeans(
+                vecs[sample_rows], n_clusters, n_iter=params.kmeans_iter, seed=params.seed
+            )
         # Each member's nearest fine clusters, once: the first is its home, the rest its
         # probes. Computing the home alone and then every block's probes scored every member
         # against every centroid twice (the float64 product is most of it: 4M x 64 with 4,000
@@ -314,6 +322,42 @@ class CellIndex:
             )  # fmt: skip
 
         return self._run(fn, self.probe_blocks)
+
+    def query(
+        self,
+        queries: np.ndarray,
+        n_probe: int,
+        n_refine: int = 0,
+        graph_pos: np.ndarray | None = None,
+        fanout: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k members of each of ``queries`` (shape (b, d), unit vectors that are not
+        members): the ``n_probe`` nearest clusters probed, then ``n_refine`` rounds over the
+        members' graph ``graph_pos`` (shape (m, kg), member positions, ``-1`` padding), as the
+        cell's own search does for its members. Positions (b, k) in ``keys`` and scores, ranked
+        by (score desc, key asc); blocks of :data:`BLOCK_ROWS` queries over the threads."""
+        b = len(queries)
+        k = min(self.params.k, len(self.keys))
+        n_probe = min(n_probe, self.n_clusters)
+        pos = np.full((b, k), -1, dtype=np.int64)
+        scores = np.full((b, k), -np.inf, dtype=np.float32)
+        chunks = [np.arange(s, min(s + BLOCK_ROWS, b)) for s in range(0, b, BLOCK_ROWS)]
+        block_bytes = self.params.block_bytes
+
+        def one(rows: np.ndarray) -> None:
+            q = queries[rows]
+            probes = nearest_centroids(q, self.centroids, n_probe)
+            p, sc = graph.probed_topk(
+                self.vecs, rows, probes, self.cluster_rows, self.offsets, k,
+                block_bytes=block_bytes, queries=q,
+            )  # fmt: skip
+            if graph_pos is not None and n_probe < self.n_clusters:
+                for _ in range(n_refine):
+                    p, sc = graph.refine_queries(self.vecs, q, p, graph_pos, k, fanout=fanout)
+            pos[rows], scores[rows] = p, sc
+
+        self._each(one, chunks, self.progress)
+        return pos, scores
 
     def refine(
         self, pos: np.ndarray, scores: np.ndarray

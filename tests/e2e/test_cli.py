@@ -191,3 +191,44 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     assert "does not exist" in proc.stderr
     proc = _knnspark("run", "--input", "x", "--output", "y", "--k", "0", check=False)
     assert proc.returncode == 2 and "k=0 is invalid" in proc.stderr
+
+
+def test_cli_and_spark_submit_query_a_saved_index(demo_input, demo_run, tmp_path):
+    """`knnspark query` and `spark-submit jobs/query_neighbors.py` with the same flags search new
+    rows against the demo run's saved index and write the same table; a base that is not the
+    indexed table is refused with exit 2 and what to do."""
+    import pyarrow.parquet as pq
+
+    out, _, _ = demo_run
+    new = tmp_path / "new"
+    _knnspark("generate", "--output", str(new), "--n", "300", "--dim", "16", "--seed", "9")
+    flags = ["--index", str(out), "--base", str(demo_input), "--input", str(new), "--k", "5",
+             "--driver-memory", "1g"]  # fmt: skip
+    proc = _knnspark("query", *flags, "--output", str(tmp_path / "q"), "--master", "local[2]")
+    summary = json.loads(proc.stdout)
+    assert summary["n_queries"] == 300 and summary["n_output_rows"] == 1500
+    assert summary["recall_at_k"] >= 0.9
+    manifest = json.loads((tmp_path / "q" / "_manifest.json").read_text())
+    Manifest.from_dict(manifest)
+    assert manifest["resolved"]["plan"] == "query" and manifest["counts"]["n_base_items"] == 4000
+    # The same flags under spark-submit (the job entry point of the query).
+    submit = Path(sys.executable).parent / "spark-submit"
+    proc = subprocess.run(
+        [str(submit), "--master", "local[2]", "--driver-memory", "1g",
+         str(ROOT / "jobs" / "query_neighbors.py"), *flags, "--output", str(tmp_path / "qs")],
+        cwd=ROOT, env={**os.environ, "PYSPARK_PYTHON": sys.executable,
+                       "PYSPARK_DRIVER_PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def rows(path):
+        t = pq.read_table(path).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+        return t.select(["item_id", "neighbor_id", "rank", "score"]).to_pylist()
+
+    assert rows(tmp_path / "q") == rows(tmp_path / "qs")
+    refused = _knnspark("query", "--index", str(out), "--base", str(new), "--input", str(new),
+                        "--output", str(tmp_path / "bad"), "--k", "5", check=False)  # fmt: skip
+    assert refused.returncode == 2
+    assert "is not the table the index" in refused.stderr and "--base" in refused.stderr
+    assert not (tmp_path / "bad").exists()

@@ -34,7 +34,7 @@ def _links(path: Path) -> list[str]:
     return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and t[0] != "#"]
 
 
-@pytest.mark.parametrize("command", ["run", "generate", "report", "bench"])
+@pytest.mark.parametrize("command", ["run", "query", "generate", "report", "bench"])
 def test_every_cli_flag_is_documented(command: str) -> None:
     text = README.read_text() + CONFIGURATION.read_text()
     documented = set(re.findall(r"`(--[a-z0-9-]+)", text))
