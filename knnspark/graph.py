@@ -39,6 +39,7 @@ __all__ = [
     "round_flags",
     "merge_graphs",
     "probed_topk",
+    "push_reverse",
     "refine_queries",
     "refine_topk",
     "reverse_lists",
@@ -414,6 +415,54 @@ def refine_queries(
         top[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
         out_pos[s : s + len(nb), :kk], out_s[s : s + len(nb), :kk] = _finish(q_vecs, vecs, top)
     return out_pos, out_s
+
+
+def push_reverse(
+    pos: np.ndarray, scores: np.ndarray, sources: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every source enters the lists of the items it lists, where it beats their k-th: the
+    reverse updates of an incremental run (a new item that is an old item's neighbour lists
+    it, most of the time).
+
+    Parameters
+    ----------
+    pos : ndarray of shape (n, k), int64
+        The graph (``-1`` padding); updated rows are returned, not written in place.
+    scores : ndarray of shape (n, k), float32
+    sources : ndarray of shape (s,), int64
+        Rows whose entries are pushed.
+
+    Returns
+    -------
+    rows : ndarray of shape (r,), int64
+        The rows whose lists changed, ascending.
+    new_pos, new_scores : ndarray of shape (r, k)
+        Their new lists: the best k of their old entries and the pushed ones, by (score desc,
+        position asc).
+    """
+    n, k = pos.shape
+    src_pos, src_s = pos[sources], scores[sources]
+    ok = src_pos >= 0
+    target = src_pos[ok]
+    pushed = np.broadcast_to(sources[:, None], src_pos.shape)[ok]
+    s = src_s[ok]
+    # Only where the source beats (or ties) the target's k-th: the rest cannot enter.
+    beats = s >= scores[target, k - 1]
+    target, pushed, s = target[beats], pushed[beats], s[beats]
+    rows = np.unique(target)
+    if len(rows) == 0:
+        return rows, pos[:0], scores[:0]
+    local = np.searchsorted(rows, target)
+    old_pos, old_s = pos[rows], scores[rows]
+    have = old_pos >= 0
+    group = np.concatenate([np.broadcast_to(np.arange(len(rows))[:, None], old_pos.shape)[have],
+                            local])  # fmt: skip
+    item = np.concatenate([old_pos[have], pushed])
+    score = np.concatenate([old_s[have], s]).astype(np.float32)
+    group, item, score = dedupe_pairs(group, item, score)
+    new_pos, new_s = top_per_group(group, item, score, len(rows), k)
+    changed = np.any(new_pos != old_pos, axis=1)
+    return rows[changed], new_pos[changed], new_s[changed]
 
 
 def fresh_entries(new: np.ndarray, old: np.ndarray) -> np.ndarray:

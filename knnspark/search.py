@@ -22,6 +22,7 @@ plan (:mod:`knnspark.cells`) wrap it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ __all__ = [
     "BLOCK_ROWS",
     "CellIndex",
     "block_rows",
+    "carried_graph",
     "CellSearch",
     "probes_home_first",
     "run_step",
@@ -359,6 +361,117 @@ class CellIndex:
         self._each(one, chunks, self.progress)
         return pos, scores
 
+    def update(
+        self,
+        pos: np.ndarray,
+        scores: np.ndarray,
+        searched: np.ndarray,
+        n_probe: int,
+        n_refine: int,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """An earlier graph brought up to date after items were added, changed or removed:
+        the incremental run's search.
+
+        ``searched`` (the new and changed items) are probed as the full search probes every
+        member; each then enters the lists of the items it found where it beats their k-th
+        (:func:`knnspark.graph.push_reverse`). Then ``n_refine`` rounds in the NN-descent way
+        with its "new" flags: a round re-scores only the pairs that involve an entry added
+        since the last one (an item's new neighbour, or a new entry of a neighbour's list),
+        for the items whose lists gained one (in the first round also their neighbours), plus
+        every pair of the items that lost a neighbour (a deleted or changed one). Every other list stays as it was, which is the saving.
+
+        Parameters
+        ----------
+        pos : ndarray of shape (m, k), int64
+            The earlier graph in this index's positions (:func:`carried_graph`): entries of
+            removed or changed items dropped (``-1``), empty lists for the searched items.
+        scores : ndarray of shape (m, k), float32
+        searched : ndarray of shape (s,), int64
+            Positions of the new and changed items.
+        n_probe, n_refine : int
+
+        Returns
+        -------
+        pos, scores : the updated graph
+        info : dict
+            ``n_searched``; ``n_refined`` (rows a round re-scored, summed over rounds);
+            ``n_pushed`` (rows a push changed, summed).
+        """
+        pos, scores = pos.copy(), scores.copy()
+        k, vecs, block_bytes = self.k, self.vecs, self.params.block_bytes
+        n_probe = min(n_probe, self.n_clusters)
+        near, home, centroids = self.near, self.home, self.centroids
+        searched = np.unique(searched)
+        # What the first round counts as new: everything but the carried entries, and every
+        # entry of a list that lost one (its remaining neighbours' lists are scored again).
+        last = pos.copy()
+        last[pos[:, k - 1] < 0] = -1
+
+        def probe(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if n_probe <= near.shape[1]:
+                probes = near[rows, :n_probe]
+            else:
+                probes = probes_home_first(vecs[rows], home[rows], centroids, n_probe)
+            return graph.probed_topk(vecs, rows, probes, self.cluster_rows, self.offsets, k,
+                                     block_bytes=block_bytes)  # fmt: skip
+
+        # Blocks in cluster order, as the full search takes them (a block's queries share
+        # clusters); they depend on the searched rows alone, never on the threads.
+        in_order = searched[np.argsort(home[searched], kind="stable")]
+        self._fill(pos, scores, probe, in_order, self.block_rows)
+        rows, new_pos, new_s = graph.push_reverse(pos, scores, searched)
+        pos[rows], scores[rows] = new_pos, new_s
+        n_pushed, n_refined = len(rows), 0
+        for r in range(n_refine):
+            fresh = graph.fresh_entries(pos, last)
+            has_fresh = fresh.any(axis=1)
+            if r == 0:
+                # The first round also reaches the items next to a changed list (the new items'
+                # neighbourhoods); later ones only the lists that gained entries. 100k words,
+                # 10% new and 1% changed: recall 0.9733 (full search 0.9781) in 0.51x the full
+                # search's time; every round this wide 0.9751 in 0.59x; never this wide 0.9606.
+                near_fresh = (has_fresh[np.maximum(pos, 0)] & (pos >= 0)).any(axis=1)
+                has_fresh = has_fresh | near_fresh
+            todo = np.flatnonzero(has_fresh)
+            if len(todo) == 0:
+                break
+            n_refined += len(todo)
+            reverse = graph.reverse_lists(pos, scores, k)
+            last = pos.copy()
+            # Reads the graph as the round found it: _fill writes after every block ran.
+            round_rows = functools.partial(
+                graph.refine_topk, vecs, graph=last, reverse=reverse, k=k, fresh=fresh,
+                scores=scores.copy(),
+            )  # fmt: skip
+            self._fill(pos, scores, round_rows, todo, BLOCK_ROWS)
+            changed = todo[np.any(pos[todo] != last[todo], axis=1)]
+            rows, new_pos, new_s = graph.push_reverse(pos, scores, changed)
+            pos[rows], scores[rows] = new_pos, new_s
+            n_pushed += len(rows)
+        info = {"n_searched": len(searched), "n_refined": n_refined, "n_pushed": n_pushed}
+        return pos, scores, info
+
+    def _fill(
+        self,
+        pos: np.ndarray,
+        scores: np.ndarray,
+        fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        rows: np.ndarray,
+        block: int,
+    ) -> None:
+        """``pos[r], scores[r] = fn(r)`` for blocks of ``block`` of ``rows`` (in order), over
+        the threads: every block reads what was there before any block wrote."""
+        chunks = [rows[s : s + block] for s in range(0, len(rows), block)]
+        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def one(i: int) -> None:
+            results[i] = fn(chunks[i])
+
+        self._each(lambda idx: one(int(idx[0])), [np.array([i]) for i in range(len(chunks))])
+        for i, chunk in enumerate(chunks):
+            p, s = results[i]
+            pos[chunk], scores[chunk] = p, s
+
     def refine(
         self, pos: np.ndarray, scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -378,6 +491,49 @@ class CellIndex:
 
         new_pos, new_scores = self._run(fn, self.blocks)
         return new_pos, new_scores, float(np.mean(new_pos != pos))
+
+
+def carried_graph(
+    keys: np.ndarray,
+    item: np.ndarray,
+    nbr: np.ndarray,
+    score: np.ndarray,
+    k: int,
+    stale: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An earlier neighbour table as a graph over today's items, keeping only what still holds.
+
+    A pair survives when both items are still there with the vectors they had (a score is the
+    cosine of two vectors: it holds while neither changed); an entry naming a deleted or
+    changed item is dropped, and new or changed items start with empty lists.
+
+    Parameters
+    ----------
+    keys : ndarray of shape (m,), int64
+        Today's item keys, ascending.
+    item, nbr : ndarray of shape (r,), int64
+        The earlier table's pairs, as keys (keys no longer in ``keys`` are the deleted items).
+    score : ndarray of shape (r,), float32
+    k : int
+    stale : ndarray of shape (m,), bool
+        Today's items whose earlier lists and entries do not hold: new and changed ones.
+
+    Returns
+    -------
+    pos, scores : ndarray of shape (m, k)
+        Positions in ``keys`` (``-1`` padding) and scores, best first.
+    """
+    m = len(keys)
+
+    def position(x: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(keys, x), max(m - 1, 0))
+        found = (keys[at] == x) if m else np.zeros(len(x), dtype=bool)
+        return np.where(found, at, -1)
+
+    i, j = position(item), position(nbr)
+    ok = (i >= 0) & (j >= 0)
+    ok[ok] = ~stale[i[ok]] & ~stale[j[ok]]
+    return graph.top_per_group(i[ok], j[ok], score[ok].astype(np.float32), m, k)
 
 
 def run_step(
