@@ -378,7 +378,8 @@ class CellIndex:
         with its "new" flags: a round re-scores only the pairs that involve an entry added
         since the last one (an item's new neighbour, or a new entry of a neighbour's list),
         for the items whose lists gained one (in the first round also their neighbours), plus
-        every pair of the items that lost a neighbour (a deleted or changed one). Every other list stays as it was, which is the saving.
+        every pair of the items that lost a neighbour (a deleted or changed one). Every other
+        list stays as it was, which is the saving.
 
         Parameters
         ----------
