@@ -36,6 +36,7 @@ _JOB_DEFAULTS: dict[str, Any] = {
     "driver_memory": "4g",
     "show": 0,
     "table": None,
+    "incremental_from": None,
 }
 
 
@@ -64,6 +65,9 @@ _JOB_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
                 "under spark-submit only runtime SQL settings (spark.sql.*) take effect: pass "
                 "the others to spark-submit"}),
     ("--show", {"type": int, "help": "print the neighbours of this many items at the end"}),
+    ("--incremental-from", {"help": "an earlier run's output (or one dt= partition of it): "
+                            "update its table, searching only new and changed items (a full "
+                            "run, said why, when more than incremental_max_share changed)"}),
 )  # fmt: skip
 #: ``knnspark query``'s own flags, beside the job's (those it has no use for are left out).
 _QUERY_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -72,7 +76,7 @@ _QUERY_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--base", {"help": "the embeddings table that run read (checked against the index's "
                 "fingerprint)"}),
 )  # fmt: skip
-_QUERY_SKIPS = ("--rejected-output", "--table")
+_QUERY_SKIPS = ("--rejected-output", "--table", "--incremental-from")
 #: Keys a config file may hold besides KnnConfig's fields: the job's flags but --config.
 _JOB_KEYS = tuple(
     flag[2:].replace("-", "_") for flag, _ in _JOB_FLAGS + _QUERY_FLAGS if flag != "--config"
@@ -278,6 +282,9 @@ def _run_in(
     # Before any work: no output may overwrite, hold or sit inside the input (or another
     # output), and --table may only name our own external table at --output.
     io.check_paths(spark, [job["input"]], outputs)
+    if job.get("incremental_from"):
+        # Yesterday's partition may sit beside today's in the same table, not be it.
+        io.check_paths(spark, [job["incremental_from"]], [("--output", target)])
     if job["table"]:
         io.check_table_location(spark, job["table"], job["output"])
     staged: list[io.Staging] = []
@@ -376,7 +383,8 @@ def _compute_and_publish(
     rejected_staging = staged[1] if len(staged) > 1 else None
     rejected_target = None if rejected_staging is None else rejected_staging.target
     df = io.read_input(spark, job["input"], job["input_format"])
-    result = compute_neighbors(df, config)
+    # "" (e.g. the Airflow DAG's unset option) means a full run, as for --table.
+    result = compute_neighbors(df, config, incremental_from=job.get("incremental_from") or None)
     report = result.report
     write_start = time.perf_counter()
     log.info("stage write started: %s", target)

@@ -160,6 +160,11 @@ class KnnConfig:
         driver's machine runs the tasks anyway, and up to 20,000 items on a cluster, where
         starting the Python workers costs more than such a search. 0 always searches in the
         workers; ``resolved.search_on`` says where it ran.
+    incremental_max_share : float
+        An incremental run (``--incremental-from``) updates the previous table when at most
+        this share of today's items are new, changed or deleted, and falls back to a full run
+        (saying why) above it: past a fifth, re-searching the changed items and the lists they
+        touch costs about what a full search does.
     on_invalid : {"error", "skip"}
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
@@ -206,6 +211,7 @@ class KnnConfig:
     overlap: int = 2
     cross_cell_rounds: int = 0
     driver_search_max_items: int | None = None
+    incremental_max_share: float = 0.2
     on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
@@ -358,6 +364,7 @@ _CONSTRAINTS = {
     "overlap": _int_range(1, 8),
     "cross_cell_rounds": _int_range(0, 5),
     "driver_search_max_items": _int_range(0, optional=True),
+    "incremental_max_share": _open_unit,
     "on_invalid": _one_of(*ON_INVALID),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),
@@ -435,6 +442,9 @@ PARAMETERS: dict[str, Param] = {
                          flag=False),  # fmt: skip
     "cross_cell_rounds": Param("search", "refinement rounds across cells after the merge, as "
                                "Spark joins"),  # fmt: skip
+    "incremental_max_share": Param("search", "with --incremental-from: update the previous "
+                                   "table when at most this share of the items are new, "
+                                   "changed or deleted, else run in full"),  # fmt: skip
     "kmeans_iter": Param("search", "Lloyd iterations of every k-means", flag=False),
     "kmeans_sample_size": Param("search", "rows sampled to train a fine k-means (default: 64 "
                                 "per cluster, 10,000 to 200,000)", flag=False),  # fmt: skip

@@ -38,6 +38,7 @@ __all__ = [
     "fresh_entries",
     "round_flags",
     "merge_graphs",
+    "merge_pairs",
     "probed_topk",
     "push_reverse",
     "refine_queries",
@@ -94,6 +95,8 @@ def probed_topk(
     *,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     queries: np.ndarray | None = None,
+    reverse_bar: np.ndarray | None = None,
+    reverse_out: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each query among the members of the clusters it probes.
 
@@ -118,6 +121,13 @@ def probed_topk(
         Unit vectors of queries that are not items of ``vecs`` (a query of a saved index):
         ``query_rows`` is then ignored, no member is excluded, and ``probes[:, 0]`` is the
         query's nearest cluster.
+    reverse_bar : ndarray of shape (n,), float32, optional
+        Each item's current k-th score (``-inf`` for a short list, ``inf`` to skip it). With
+        it, every scored pair in which the query beats (or ties) the member's bar is appended
+        to ``reverse_out`` as ``(member positions, query positions, float32 scores)``: the
+        reverse updates of an incremental run, from products the probe computes anyway.
+    reverse_out : list, optional
+        Where those pairs go (one tuple per block).
 
     Returns
     -------
@@ -165,6 +175,11 @@ def probed_topk(
                 at = np.minimum(np.searchsorted(members, query_rows[r]), m - 1)
                 own = np.flatnonzero(members[at] == query_rows[r])
                 scores[own, at[own]] = -np.inf
+                if reverse_bar is not None and reverse_out is not None:
+                    rev_r, rev_c = np.nonzero(scores >= reverse_bar[members][None, :])
+                    reverse_out.append(
+                        (members[rev_c], query_rows[r][rev_r], scores[rev_r, rev_c])
+                    )
                 if first and m > k:
                     sel = select_topk(scores, k)
                     top = np.take_along_axis(scores, sel, axis=1)
@@ -417,38 +432,28 @@ def refine_queries(
     return out_pos, out_s
 
 
-def push_reverse(
-    pos: np.ndarray, scores: np.ndarray, sources: np.ndarray
+def merge_pairs(
+    pos: np.ndarray, scores: np.ndarray, target: np.ndarray, item: np.ndarray, score: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every source enters the lists of the items it lists, where it beats their k-th: the
-    reverse updates of an incremental run (a new item that is an old item's neighbour lists
-    it, most of the time).
+    """New candidates merged into the lists of a graph.
 
     Parameters
     ----------
     pos : ndarray of shape (n, k), int64
-        The graph (``-1`` padding); updated rows are returned, not written in place.
+        The graph (``-1`` padding); not written: changed rows are returned.
     scores : ndarray of shape (n, k), float32
-    sources : ndarray of shape (s,), int64
-        Rows whose entries are pushed.
+    target, item : ndarray of shape (c,), int64
+        Each candidate's row and the item it proposes (never the row itself).
+    score : ndarray of shape (c,), float32
 
     Returns
     -------
     rows : ndarray of shape (r,), int64
         The rows whose lists changed, ascending.
     new_pos, new_scores : ndarray of shape (r, k)
-        Their new lists: the best k of their old entries and the pushed ones, by (score desc,
-        position asc).
+        Their best k of old and new entries, by (score desc, position asc).
     """
-    n, k = pos.shape
-    src_pos, src_s = pos[sources], scores[sources]
-    ok = src_pos >= 0
-    target = src_pos[ok]
-    pushed = np.broadcast_to(sources[:, None], src_pos.shape)[ok]
-    s = src_s[ok]
-    # Only where the source beats (or ties) the target's k-th: the rest cannot enter.
-    beats = s >= scores[target, k - 1]
-    target, pushed, s = target[beats], pushed[beats], s[beats]
+    k = pos.shape[1]
     rows = np.unique(target)
     if len(rows) == 0:
         return rows, pos[:0], scores[:0]
@@ -457,12 +462,35 @@ def push_reverse(
     have = old_pos >= 0
     group = np.concatenate([np.broadcast_to(np.arange(len(rows))[:, None], old_pos.shape)[have],
                             local])  # fmt: skip
-    item = np.concatenate([old_pos[have], pushed])
-    score = np.concatenate([old_s[have], s]).astype(np.float32)
-    group, item, score = dedupe_pairs(group, item, score)
-    new_pos, new_s = top_per_group(group, item, score, len(rows), k)
+    cand = np.concatenate([old_pos[have], item])
+    cand_s = np.concatenate([old_s[have], score]).astype(np.float32)
+    group, cand, cand_s = dedupe_pairs(group, cand, cand_s)
+    new_pos, new_s = top_per_group(group, cand, cand_s, len(rows), k)
     changed = np.any(new_pos != old_pos, axis=1)
     return rows[changed], new_pos[changed], new_s[changed]
+
+
+def push_reverse(
+    pos: np.ndarray, scores: np.ndarray, sources: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every source enters the lists of the items it lists, where it beats (or ties) their
+    k-th: the reverse updates of an incremental run (:func:`merge_pairs`'s returns).
+
+    Parameters
+    ----------
+    pos : ndarray of shape (n, k), int64
+    scores : ndarray of shape (n, k), float32
+    sources : ndarray of shape (s,), int64
+        Rows whose entries are pushed.
+    """
+    k = pos.shape[1]
+    src_pos, src_s = pos[sources], scores[sources]
+    ok = src_pos >= 0
+    target = src_pos[ok]
+    pushed = np.broadcast_to(sources[:, None], src_pos.shape)[ok]
+    s = src_s[ok]
+    beats = s >= scores[target, k - 1]  # the rest cannot enter
+    return merge_pairs(pos, scores, target[beats], pushed[beats], s[beats])
 
 
 def fresh_entries(new: np.ndarray, old: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_type
 
-from knnspark import cells, evaluate, sampling, search, udfs
+from knnspark import cells, evaluate, incremental, sampling, search, udfs
 from knnspark.config import KnnConfig
 from knnspark.index import IndexParts
 from knnspark.prepare import Prepared
@@ -46,6 +46,7 @@ def search_on_driver(
     report: RunReport,
     kk: int,
     n_threads: int,
+    incremental_from: str | None = None,
 ) -> tuple[Callable[[], DataFrame], int, DriverTable | None, IndexParts]:
     """The one-cell search on the driver, k-means or exact, with its fill and recall.
 
@@ -61,10 +62,19 @@ def search_on_driver(
             info["rows"] = prep.n_items
     keys, vecs = prep.items
     params = cells.cell_search_params(config, kk)
-    pos, scores, centroids = search_in_memory(
-        spark, keys, vecs, params, report, n_threads,
-        target_recall=None if exact else config.target_recall, tune_sample=config.tune_sample,
-    )  # fmt: skip
+    previous = None
+    if incremental_from:
+        previous = incremental.plan_update(spark, prep, config, incremental_from, report)
+    if previous is not None:
+        pos, scores, centroids = incremental.carry_and_update(
+            spark, prep, previous, params, report, n_threads
+        )
+    else:
+        pos, scores, centroids = search_in_memory(
+            spark, keys, vecs, params, report, n_threads,
+            target_recall=None if exact else config.target_recall,
+            tune_sample=config.tune_sample,
+        )  # fmt: skip
     if not exact:
         with stage(spark, report, "fill-short") as info:
             n_short = evaluate.fill_short_on_driver(keys, vecs, pos, scores, kk, config.block_bytes)

@@ -82,9 +82,17 @@ def build_neighbors(df: DataFrame, config: KnnConfig) -> DataFrame:
     return compute_neighbors(df, config).table
 
 
-def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
+def compute_neighbors(
+    df: DataFrame, config: KnnConfig, incremental_from: str | None = None
+) -> NeighborResult:
     """Like :func:`build_neighbors`, also returning the :class:`RunReport` (counts, timings,
-    recall)."""
+    recall).
+
+    ``incremental_from``: an earlier run's output (its table and saved index): the table is
+    brought up to date, searching only new and changed items (:mod:`knnspark.incremental`),
+    or searched in full when that does not pay (the report's ``resolved.incremental`` says
+    which, and why).
+    """
     spark = df.sparkSession
     report = RunReport()
     io.check_file_schemas(df, (config.id_col, config.vector_col))
@@ -112,9 +120,14 @@ def compute_neighbors(df: DataFrame, config: KnnConfig) -> NeighborResult:
         # Search, fill and recall by the driver, which holds every vector.
         report.resolved["search_on"] = "driver"
         make_merged, n_full, driver_table, parts = inmemory.search_on_driver(
-            spark, prep, config, report, kk, run_plan.driver_threads
+            spark, prep, config, report, kk, run_plan.driver_threads, incremental_from
         )
     else:
+        if incremental_from:
+            why = "the table is searched in cells; updates run on one-cell tables today"
+            report.resolved["incremental"] = {"from": incremental_from, "updated": False,
+                                              "why_full_run": why}  # fmt: skip
+            log.warning("incremental run from %s: %s: a full run instead", incremental_from, why)
         merged, parts = _search_in_spark(spark, prep, run_plan, config, report, kk)
         with stage(spark, report, "check") as info:
             n_full = merged.filter(F.col("rank") == kk).count()

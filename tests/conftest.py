@@ -51,6 +51,24 @@ def to_df(spark, keys, x, *, id_type="long", vector_type="array<float>"):
     return df
 
 
+def publish_run(spark, df, config, out, incremental_from=None):
+    """What `knnspark run` publishes: the table at ``out`` with its ``_index/`` inside; the
+    run's result."""
+    from knnspark import io
+    from knnspark.index import save_index
+    from knnspark.run import compute_neighbors
+
+    result = compute_neighbors(df, config, incremental_from=incremental_from)
+    kk = result.report.counts["k_effective"]
+    io.publish_table(
+        spark, result.table, str(out), "error", lambda staging: {"test": True},
+        extras=lambda staging: save_index(
+            spark, staging, result.prepared, result.index, config, kk
+        ),
+    )  # fmt: skip
+    return result
+
+
 def write_vectors(path, n=60, dim=8, seed=0, vec_type=None):
     """A Parquet table of ``n`` seeded Gaussian vectors (``id, vector``) under ``path``."""
     import pyarrow as pa

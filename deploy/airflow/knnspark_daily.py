@@ -11,7 +11,9 @@ Set up (see docs/deployment.md):
 - a Spark connection ``spark_default`` (host ``yarn``, ``k8s://...``, or ``spark://...``);
 - Airflow Variables ``knnspark_home`` (where the repo's ``jobs/`` lives on the Airflow worker),
   ``knnspark_env_archive`` (the archive, e.g. on HDFS/S3), ``knnspark_input``,
-  ``knnspark_output`` and optionally ``knnspark_k``, ``knnspark_table``.
+  ``knnspark_output`` and optionally ``knnspark_k``, ``knnspark_table``, and
+  ``knnspark_incremental`` (``true``: each day updates the day before's partition, searching
+  only new and changed items; the first day, or a day after a gap, runs in full).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG
 
 PYTHON_IN_ARCHIVE = "./environment/bin/python"
+INCREMENTAL_FROM = (
+    "{% if var.value.get('knnspark_incremental', 'false') | lower == 'true' %}"
+    "{{ var.value.knnspark_output.rstrip('/') }}/"
+    "dt={{ macros.ds_add(data_interval_start | ds, -1) }}"
+    "{% endif %}"
+)
 
 with DAG(
     dag_id="knnspark_daily_neighbors",
@@ -70,6 +78,9 @@ with DAG(
             "overwrite",
             "--table",
             "{{ var.value.get('knnspark_table', '') }}",
+            # Empty unless the knnspark_incremental Variable is true: yesterday's partition.
+            "--incremental-from",
+            INCREMENTAL_FROM,
         ],  # fmt: skip
         verbose=False,
     )

@@ -7,6 +7,7 @@ the venv-pack archive (dependencies cached between runs under ``~/.cache/knnspar
 interpreter the Python workers ran, so the test knows the archive (not the dev venv) was used.
 """
 
+import datetime
 import json
 import os
 import re
@@ -245,6 +246,7 @@ def test_airflow_dag_imports_and_renders_spark_submit_args():
     assert job_args == result["application_args"] == [
         "--input", "s3a://bucket/embeddings/", "--output", "s3a://bucket/neighbors/",
         "--k", "10", "--partition-date", DATE, "--mode", "overwrite", "--table", "",
+        "--incremental-from", "",
     ]  # fmt: skip
     parsed = build_parser().parse_args(["run", *job_args])
     job, config = resolve_run_args(parsed)
@@ -271,6 +273,8 @@ def test_airflow_dag_runs_for_real_and_each_day_publishes_its_partition(
         "AIRFLOW_VAR_KNNSPARK_INPUT": str(small_input),
         "AIRFLOW_VAR_KNNSPARK_OUTPUT": str(out),
         "AIRFLOW_VAR_KNNSPARK_K": str(K),
+        # Each day updates the day before's partition (the first one runs in full).
+        "AIRFLOW_VAR_KNNSPARK_INCREMENTAL": "true",
         # The worker's Spark: this venv's pyspark, its spark-submit on PATH; the driver runs
         # this interpreter (client mode), the Python workers the archive's.
         "SPARK_HOME": str(Path(pyspark.__file__).parent),
@@ -291,6 +295,14 @@ def test_airflow_dag_runs_for_real_and_each_day_publishes_its_partition(
         assert manifest["output"]["partition_date"] == day
         assert manifest["counts"]["n_output_rows"] == N * K
         assert (part / "_SUCCESS").exists()
+        incremental = manifest["resolved"]["incremental"]
+        before = datetime.date.fromisoformat(day) - datetime.timedelta(days=1)
+        assert incremental["from"] == f"{out}/dt={before}"
+        if day == days[0]:  # no partition the day before: a full run, and why
+            assert not incremental["updated"] and "no earlier run" in incremental["why_full_run"]
+        else:  # the same embeddings: nothing new, changed or deleted to search
+            assert incremental["updated"] and manifest["counts"]["n_researched"] == 0
+            assert (incremental["n_new"], incremental["n_changed"]) == (0, 0)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("dt=")) == [
         f"dt={day}" for day in days
     ]

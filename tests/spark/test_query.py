@@ -7,28 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from knnspark import io
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
 from knnspark.generate import synthetic_embeddings
-from knnspark.index import INDEX_DIR, save_index
+from knnspark.index import INDEX_DIR
 from knnspark.query import query_neighbors
-from knnspark.run import compute_neighbors
-from tests.conftest import to_df
+from tests.conftest import publish_run, to_df
 from tests.oracle import tie_aware_recall
-
-
-def _publish_run(spark, df, config, out):
-    """What `knnspark run` publishes: the table with its ``_index/`` inside."""
-    result = compute_neighbors(df, config)
-    kk = result.report.counts["k_effective"]
-    io.publish_table(
-        spark, result.table, str(out), "error", lambda staging: {"test": True},
-        extras=lambda staging: save_index(
-            spark, staging, result.prepared, result.index, config, kk
-        ),
-    )  # fmt: skip
-    return result
 
 
 def _unit(x):
@@ -68,7 +53,7 @@ def indexed(spark, tmp_path_factory):
     q_keys[:5] = keys[:5]  # five query ids also exist in the base: allowed, they are queries
     out = tmp_path_factory.mktemp("query") / "run"
     config = KnnConfig(k=8, n_clusters=20, n_probe=3, recall_sample=0, seed=5)
-    _publish_run(spark, to_df(spark, keys, base), config, out)
+    publish_run(spark, to_df(spark, keys, base), config, out)
     return base, keys, q, q_keys, out, config
 
 
@@ -135,7 +120,7 @@ def test_query_an_index_saved_by_a_run_in_cells_with_string_ids(spark, tmp_path)
     q_keys = np.arange(200, dtype=np.int64) + 5000
     config = KnnConfig(k=5, driver_search_max_items=0, cell_max_mb=0.05, recall_sample=0, seed=3)
     base_df = to_df(spark, keys, base, id_type="string")
-    result = _publish_run(spark, base_df, config, tmp_path / "run")
+    result = publish_run(spark, base_df, config, tmp_path / "run")
     assert result.report.resolved["n_cells"] >= 2
     meta = json.loads((tmp_path / "run" / INDEX_DIR / "index.json").read_text())
     assert meta["search_on"] == "cells" and meta["centroids"]["kind"] == "coarse"
