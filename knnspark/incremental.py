@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from knnspark import search
+from knnspark import io, search
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
 from knnspark.index import (
@@ -84,10 +84,6 @@ def _today_ids(prep: Prepared) -> pa.Array:
     return ids.cast(to_arrow_type(prep.id_type))
 
 
-def _read_parquet(spark: SparkSession, path: str, columns: list[str]) -> pa.Table:
-    return spark.read.parquet(path).select(*columns).toArrow()
-
-
 def plan_update(
     spark: SparkSession, prep: Prepared, config: KnnConfig, path: str, report: RunReport
 ) -> Previous | None:
@@ -116,10 +112,11 @@ def plan_update(
         if exc.check != "index_not_found":
             raise
         # The first day of a daily job, or after a gap: nothing to update yet.
-        return full_run("no earlier run with a saved index is there")
+        return full_run("no earlier run with a saved index is there (for a table written with "
+                        "--partition-date, pass one dt= partition)")
     meta = saved.meta
     with stage(spark, report, "diff") as stage_info:
-        items = _read_parquet(spark, f"{path.rstrip('/')}/{INDEX_DIR}/items",
+        items = io.read_parquet_table(spark, f"{path.rstrip('/')}/{INDEX_DIR}/items",
                               ["item_id", "vector_hash"])  # fmt: skip
         prev_ids = items.column("item_id").combine_chunks()
         prev_hash = items.column("vector_hash").to_numpy()
@@ -177,9 +174,9 @@ def carry_and_update(
     ids = _today_ids(prep)
     k = params.k
     with stage(spark, report, "carry") as info:
-        table = _read_parquet(spark, previous.path, ["item_id", "neighbor_id", "score"])
-        item = pc.index_in(table.column("item_id"), value_set=ids)
-        nbr = pc.index_in(table.column("neighbor_id"), value_set=ids)
+        table = io.read_parquet_table(spark, previous.path, ["item_id", "neighbor_id", "score"])
+        item = pc.index_in(table.column("item_id").cast(ids.type), value_set=ids)
+        nbr = pc.index_in(table.column("neighbor_id").cast(ids.type), value_set=ids)
         item = item.fill_null(-1).to_numpy().astype(np.int64)
         nbr = nbr.fill_null(-1).to_numpy().astype(np.int64)
         positions = np.arange(len(keys), dtype=np.int64)

@@ -44,6 +44,7 @@ __all__ = [
     "local_parquet_shape",
     "is_local",
     "read_file",
+    "read_parquet_table",
     "read_local_parquet",
     "write_arrow",
     "write_file",
@@ -185,6 +186,18 @@ def written_rows(spark: SparkSession, path: str) -> int:
         except (pa.ArrowException, OSError, ValueError) as exc:
             log.info("counting %s in Spark (%s)", path, exc)
     return spark.read.parquet(path).count()
+
+
+def read_parquet_table(spark: SparkSession, path: str, columns: list[str]) -> pa.Table:
+    """A Parquet directory's ``columns`` as one Arrow table on the driver: pyarrow for a local
+    path (no JVM round trip; ``_``- and ``.``-prefixed entries skipped, as Spark skips them),
+    Spark for any other."""
+    local = _local_path(path)
+    if local is not None and os.path.isdir(local):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(local, columns=columns, partitioning=None)
+    return spark.read.parquet(path).select(*columns).toArrow()
 
 
 def _local_path(path: str) -> str | None:
