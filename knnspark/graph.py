@@ -243,7 +243,9 @@ def _finish(
     return np.where(pos == np.iinfo(np.int64).max, -1, pos), exact
 
 
-def reverse_lists(graph: np.ndarray, scores: np.ndarray, width: int) -> np.ndarray:
+def reverse_lists(
+    graph: np.ndarray, scores: np.ndarray, width: int, only: np.ndarray | None = None
+) -> np.ndarray:
     """For every item, the (up to ``width``) items that list it, best score first.
 
     Parameters
@@ -252,6 +254,9 @@ def reverse_lists(graph: np.ndarray, scores: np.ndarray, width: int) -> np.ndarr
         Neighbour positions of every item (``-1`` padding).
     scores : ndarray of shape (n, k), float32
     width : int
+    only : ndarray of shape (n,), bool, optional
+        Build the lists of these items only (the others' stay empty): a round over a few rows
+        reads no other.
 
     Returns
     -------
@@ -263,6 +268,8 @@ def reverse_lists(graph: np.ndarray, scores: np.ndarray, width: int) -> np.ndarr
     dst = graph.ravel()
     s = scores.ravel()
     ok = dst >= 0
+    if only is not None:
+        ok[ok] = only[dst[ok]]
     rev, _ = top_per_group(dst[ok], src[ok], s[ok], n, width)
     return rev
 
@@ -433,7 +440,12 @@ def refine_queries(
 
 
 def merge_pairs(
-    pos: np.ndarray, scores: np.ndarray, target: np.ndarray, item: np.ndarray, score: np.ndarray
+    pos: np.ndarray,
+    scores: np.ndarray,
+    target: np.ndarray,
+    item: np.ndarray,
+    score: np.ndarray,
+    disjoint: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """New candidates merged into the lists of a graph.
 
@@ -445,6 +457,9 @@ def merge_pairs(
     target, item : ndarray of shape (c,), int64
         Each candidate's row and the item it proposes (never the row itself).
     score : ndarray of shape (c,), float32
+    disjoint : bool
+        The caller knows no candidate is already in its row's list, nor proposed twice: the
+        dedupe (a sort) is skipped.
 
     Returns
     -------
@@ -464,7 +479,8 @@ def merge_pairs(
                             local])  # fmt: skip
     cand = np.concatenate([old_pos[have], item])
     cand_s = np.concatenate([old_s[have], score]).astype(np.float32)
-    group, cand, cand_s = dedupe_pairs(group, cand, cand_s)
+    if not disjoint:
+        group, cand, cand_s = dedupe_pairs(group, cand, cand_s)
     new_pos, new_s = top_per_group(group, cand, cand_s, len(rows), k)
     changed = np.any(new_pos != old_pos, axis=1)
     return rows[changed], new_pos[changed], new_s[changed]

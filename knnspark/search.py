@@ -449,7 +449,10 @@ class CellIndex:
                 a, b = vecs[member[s : s + 65536]], vecs[query[s : s + 65536]]
                 exact[s : s + 65536] = np.einsum("cd,cd->c", a.astype(np.float64),
                                                  b.astype(np.float64))  # fmt: skip
-            rows, new_pos, new_s = graph.merge_pairs(pos, scores, member, query, exact)
+            # Disjoint: the searched items' entries were dropped from every carried list, and
+            # a (member, query) pair is scored once.
+            rows, new_pos, new_s = graph.merge_pairs(pos, scores, member, query, exact,
+                                                     disjoint=True)  # fmt: skip
             pos[rows], scores[rows] = new_pos, new_s
         rows, new_pos, new_s = graph.push_reverse(pos, scores, searched)
         pos[rows], scores[rows] = new_pos, new_s
@@ -464,11 +467,12 @@ class CellIndex:
         focus[last[:, k - 1] < 0] = True
         for _ in range(n_refine):
             fresh = graph.fresh_entries(pos, last)
-            todo = np.flatnonzero(fresh.any(axis=1) & focus)
+            todo_mask = fresh.any(axis=1) & focus
+            todo = np.flatnonzero(todo_mask)
             if len(todo) == 0:
                 break
             n_refined += len(todo)
-            reverse = graph.reverse_lists(pos, scores, k)
+            reverse = graph.reverse_lists(pos, scores, k, only=todo_mask)
             last = pos.copy()
             # Reads the graph as the round found it: _fill writes after every block ran.
             round_rows = functools.partial(
