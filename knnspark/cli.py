@@ -247,21 +247,27 @@ def _worker_python(spark: Any) -> str | None:
         return None
 
 
+def _session(job: dict[str, Any], main_input: str) -> Any:
+    """The job's SparkSession (its memory sized from ``main_input``, when local)."""
+    from knnspark.io import local_input_bytes
+    from knnspark.session import get_session
+
+    return get_session(
+        master=job["master"],
+        driver_memory=job["driver_memory"],
+        conf=_spark_conf(job["conf"]),
+        input_bytes=local_input_bytes(main_input),
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from knnspark.session import get_session, stop_session
+    from knnspark.session import stop_session
 
     job, config = resolve_run_args(args)
     _resolve_output(job)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    from knnspark.io import local_input_bytes
-
-    spark = get_session(
-        master=job["master"],
-        driver_memory=job["driver_memory"],
-        conf=_spark_conf(job["conf"]),
-        input_bytes=local_input_bytes(job["input"]),
-    )
+    spark = _session(job, job["input"])
     try:
         return _run_in(spark, job, config, started, t0)
     finally:
@@ -472,7 +478,7 @@ def _compute_and_publish(
 def _query(args: argparse.Namespace) -> int:
     from knnspark import io
     from knnspark.query import query_neighbors
-    from knnspark.session import get_session, stop_session
+    from knnspark.session import stop_session
 
     job, config = resolve_run_args(args)
     for key in ("index", "base"):
@@ -486,12 +492,7 @@ def _query(args: argparse.Namespace) -> int:
     _resolve_output(job)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    spark = get_session(
-        master=job["master"],
-        driver_memory=job["driver_memory"],
-        conf=_spark_conf(job["conf"]),
-        input_bytes=io.local_input_bytes(job["base"]),
-    )
+    spark = _session(job, job["base"])  # the base is the table the driver holds
     try:
         target = io.partition_path(job["output"], job["partition_date"])
         inputs = [job["input"], job["base"], job["index"]]

@@ -274,6 +274,31 @@ def reverse_lists(
     return rev
 
 
+def _best_candidates(
+    cand: np.ndarray, q_vecs: np.ndarray, vecs: np.ndarray, k: int
+) -> np.ndarray:
+    """Each row's best ``k`` distinct candidates by float32 score against its query vector
+    (ties to the lower position), of ``cand`` (shape (b, c), ``-1`` = none): positions of shape
+    (b, min(k, widest row)), ``-1`` where a row has fewer."""
+    n = len(vecs)
+    # n marks "no candidate": it sorts after every position, so one sort puts the valid
+    # candidates first and in position order, which is the order ties break in.
+    cand = np.where(cand < 0, n, cand)
+    cand.sort(axis=1)
+    dup = np.zeros(cand.shape, dtype=bool)
+    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+    cand[dup] = n
+    cand.sort(axis=1)
+    width = max(int((cand < n).sum(axis=1).max()), 1)
+    cand = cand[:, :width]
+    cand_scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
+    cand_scores[cand == n] = -np.inf
+    sel = select_topk(cand_scores, min(k, width))
+    top = np.take_along_axis(cand, sel, axis=1)
+    top[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
+    return top
+
+
 def refine_topk(
     vecs: np.ndarray,
     query_rows: np.ndarray,
@@ -327,7 +352,6 @@ def refine_topk(
         As :func:`probed_topk`. A query's current neighbours are candidates too, so its list
         never gets worse.
     """
-    n = len(vecs)
     b = len(query_rows)
     m = graph.shape[1] if fanout is None else min(fanout, graph.shape[1])
     if fresh is not None:
@@ -350,23 +374,10 @@ def refine_topk(
             keep = keep & (fresh_top[q][:, :, None] | fresh[np.maximum(via, 0)])
         nb2 = np.where(keep, nb2, -1).reshape(len(q), -1)
         cand = np.concatenate([nb, nb2, reverse[q]], axis=1)
-        # n marks "no candidate": it sorts after every position, so one sort puts the valid
-        # candidates first and in position order, which is the order ties break in.
-        cand[(cand < 0) | (cand == q[:, None])] = n
-        cand.sort(axis=1)
-        dup = np.zeros(cand.shape, dtype=bool)
-        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-        cand[dup] = n
-        cand.sort(axis=1)
-        width = max(int((cand < n).sum(axis=1).max()), 1)
-        cand = cand[:, :width]
+        cand[cand == q[:, None]] = -1
         q_vecs = np.ascontiguousarray(vecs[q], dtype=np.float32)
-        cand_scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
-        cand_scores[cand == n] = -np.inf
-        kk = min(k, width)
-        sel = select_topk(cand_scores, kk)
-        pos = np.take_along_axis(cand, sel, axis=1)
-        pos[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
+        pos = _best_candidates(cand, q_vecs, vecs, k)
+        kk = pos.shape[1]
         known = None
         if scores is not None:
             # (c, kk, kg): which kept pair is the query's j-th current neighbour.
@@ -410,7 +421,6 @@ def refine_queries(
     pos, scores : ndarray of shape (b, k)
         As :func:`probed_topk`; a query's list never gets worse.
     """
-    n = len(vecs)
     b = len(queries)
     m = pos.shape[1] if fanout is None else min(fanout, pos.shape[1])
     out_pos = np.full((b, k), -1, dtype=np.int64)
@@ -420,21 +430,9 @@ def refine_queries(
         via = nb[:, :m]
         nb2 = np.where(via[:, :, None] >= 0, graph[np.maximum(via, 0)], -1).reshape(len(nb), -1)
         cand = np.concatenate([nb, nb2], axis=1)
-        cand[cand < 0] = n
-        cand.sort(axis=1)
-        dup = np.zeros(cand.shape, dtype=bool)
-        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-        cand[dup] = n
-        cand.sort(axis=1)
-        width = max(int((cand < n).sum(axis=1).max()), 1)
-        cand = cand[:, :width]
         q_vecs = np.ascontiguousarray(queries[s : s + _REFINE_ROWS], dtype=np.float32)
-        cand_scores = np.matmul(vecs[np.minimum(cand, n - 1)], q_vecs[:, :, None])[:, :, 0]
-        cand_scores[cand == n] = -np.inf
-        kk = min(k, width)
-        sel = select_topk(cand_scores, kk)
-        top = np.take_along_axis(cand, sel, axis=1)
-        top[np.take_along_axis(cand_scores, sel, axis=1) == -np.inf] = -1
+        top = _best_candidates(cand, q_vecs, vecs, k)
+        kk = top.shape[1]
         out_pos[s : s + len(nb), :kk], out_s[s : s + len(nb), :kk] = _finish(q_vecs, vecs, top)
     return out_pos, out_s
 
