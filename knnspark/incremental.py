@@ -7,7 +7,7 @@ The flow, top-down:
 1. :func:`plan_update` reads the previous index (its fingerprint checked against its own
    ``items/``), compares today's ids and unit-vector hashes with it, and decides: *update*, or a
    full run with the reason (too many items new, changed or deleted; an index a run in cells
-   saved; another dimension) - recorded in the manifest's ``resolved.incremental``;
+   saved; another dimension; a larger k) - recorded in the manifest's ``resolved.incremental``;
 2. :func:`carry_and_update` carries every earlier pair that still holds
    (:func:`knnspark.search.carried_graph`), probes the new and changed items, pushes them into
    the lists they beat and refines where lists changed (:meth:`knnspark.search.CellIndex.update`),
@@ -150,6 +150,9 @@ def plan_update(
     if int(meta.get("dim", -1)) != prep.dim:
         return full_run(f"the previous vectors had {meta.get('dim')} dimensions, today's "
                         f"{prep.dim}")  # fmt: skip
+    if min(config.k, len(keys) - 1) > int(meta.get("k", 0)):
+        return full_run(f"the previous run kept {meta.get('k')} neighbours an item, this one "
+                        f"asks for {config.k}")  # fmt: skip
     if config.resolved_method != "kmeans" or config.target_recall is not None:
         return full_run("this run asks for an exact or a target-recall search")
     if share > config.incremental_max_share:

@@ -79,6 +79,11 @@ def test_too_many_changes_fall_back_to_a_full_run_and_say_why(spark, days):
     assert info["updated"] is False and "incremental_max_share 0.05" in info["why_full_run"]
     assert "update" not in result.report.timings
     assert any(name.startswith("search-p") for name in result.report.timings)
+    # Yesterday kept 8 neighbours an item: today's 10 cannot come from its lists.
+    wider = compute_neighbors(to_df(spark, days["keys"], days["x"]), CFG.replace(k=K + 2),
+                              incremental_from=str(days["root"] / "yesterday"))  # fmt: skip
+    info = wider.report.resolved["incremental"]
+    assert info["updated"] is False and "kept 8 neighbours" in info["why_full_run"]
 
 
 def test_an_index_that_does_not_add_up_to_its_fingerprint_is_refused(spark, days, tmp_path):
