@@ -45,7 +45,7 @@ from knnspark.index import (
 from knnspark.prepare import Prepared
 from knnspark.progress import RunReport, stage
 
-__all__ = ["Previous", "carry_and_update", "plan_update"]
+__all__ = ["Previous", "carry_and_update", "plan_update", "record_full_run"]
 
 log = logging.getLogger("knnspark")
 
@@ -84,6 +84,13 @@ def _today_ids(prep: Prepared) -> pa.Array:
     return ids.cast(to_arrow_type(prep.id_type))
 
 
+def record_full_run(report: RunReport, path: str, why: str) -> None:
+    """An incremental run that runs in full: the reason in the log and the manifest."""
+    info = report.resolved.setdefault("incremental", {"from": path, "updated": False})
+    info["why_full_run"] = why
+    log.warning("incremental run from %s: %s: a full run instead", path, why)
+
+
 def plan_update(
     spark: SparkSession, prep: Prepared, config: KnnConfig, path: str, report: RunReport
 ) -> Previous | None:
@@ -102,9 +109,7 @@ def plan_update(
     report.resolved["incremental"] = info
 
     def full_run(why: str) -> None:
-        info["why_full_run"] = why
-        log.warning("incremental run from %s: %s: a full run instead", path, why)
-        return None
+        return record_full_run(report, path, why)
 
     try:
         saved = read_index(spark, path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from knnspark import cells, inmemory, io, udfs
+from knnspark import cells, incremental, inmemory, io, udfs
 from knnspark.bucket_search import exact_candidates, lsh_candidates
 from knnspark.config import KnnConfig
 from knnspark.evaluate import estimate_recall, fill_short_items
@@ -124,10 +124,8 @@ def compute_neighbors(
         )
     else:
         if incremental_from:
-            why = "the table is searched in cells; updates run on one-cell tables today"
-            report.resolved["incremental"] = {"from": incremental_from, "updated": False,
-                                              "why_full_run": why}  # fmt: skip
-            log.warning("incremental run from %s: %s: a full run instead", incremental_from, why)
+            incremental.record_full_run(report, incremental_from, "the table is searched in "
+                                        "cells; updates run on one-cell tables today")  # fmt: skip
         merged, parts = _search_in_spark(spark, prep, run_plan, config, report, kk)
         with stage(spark, report, "check") as info:
             n_full = merged.filter(F.col("rank") == kk).count()

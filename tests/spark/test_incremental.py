@@ -84,6 +84,12 @@ def test_too_many_changes_fall_back_to_a_full_run_and_say_why(spark, days):
                               incremental_from=str(days["root"] / "yesterday"))  # fmt: skip
     info = wider.report.resolved["incremental"]
     assert info["updated"] is False and "kept 8 neighbours" in info["why_full_run"]
+    # A table searched in cells: updates run on one-cell tables.
+    in_cells = CFG.replace(driver_search_max_items=0, cell_max_mb=0.1, recall_sample=0)
+    cut = compute_neighbors(to_df(spark, days["keys"], days["x"]), in_cells,
+                            incremental_from=str(days["root"] / "yesterday"))  # fmt: skip
+    info = cut.report.resolved["incremental"]
+    assert cut.report.resolved["plan"] == "cells" and "searched in cells" in info["why_full_run"]
 
 
 def test_an_index_that_does_not_add_up_to_its_fingerprint_is_refused(spark, days, tmp_path):
