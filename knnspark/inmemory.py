@@ -53,7 +53,8 @@ def search_on_driver(
     The driver holds every vector in this plan, so items short of k and the recall sample are
     searched exactly right there, without a Spark scan. Returns what builds the table, how many
     items have a full top-k, the table held by the driver (``None`` for string ids the
-    driver has not read), and the fine centroids for the saved index.
+    driver has not read), and the fine centroids for the saved index. ``incremental_from``: an
+    earlier run whose table is updated instead, where that pays (:mod:`knnspark.incremental`).
     """
     exact = config.resolved_method == "exact"
     if prep.items is None:
