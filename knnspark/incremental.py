@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
@@ -40,6 +39,7 @@ from knnspark.index import (
     content_hash,
     id_hashes,
     read_index,
+    read_pairs,
     vector_hashes,
 )
 from knnspark.prepare import Prepared
@@ -70,18 +70,6 @@ class Previous:
     n_new: int
     n_changed: int
     n_deleted: int
-
-
-def _today_ids(prep: Prepared) -> pa.Array:
-    """Today's ids in key order, typed as the input typed them."""
-    from pyspark.sql.pandas.types import to_arrow_type
-
-    keys, _ = prep.items
-    if prep.ids is None and prep.id_map is not None:
-        tbl = prep.id_map.orderBy("key").toArrow()
-        prep.ids = tbl.column(prep.id_map.columns[0]).combine_chunks()
-    ids = prep.ids if prep.ids is not None else pa.array(keys)
-    return ids.cast(to_arrow_type(prep.id_type))
 
 
 def record_full_run(report: RunReport, path: str, why: str) -> None:
@@ -128,7 +116,7 @@ def plan_update(
         total = content_hash(id_hashes(prev_ids), prev_hash)
         saved.check_fingerprint(len(prev_ids), total, f"the saved items of {path!r}")
         keys, vecs = prep.items
-        ids = _today_ids(prep)
+        ids = prep.driver_ids()
         if not prev_ids.type.equals(ids.type):
             prev_ids = prev_ids.cast(ids.type)
         at = pc.index_in(ids, value_set=prev_ids).to_numpy(zero_copy_only=False)
@@ -179,18 +167,12 @@ def carry_and_update(
     """Today's graph from the previous table: positions (n, k) in key order (``-1`` padding),
     scores, and the fine centroids it was searched over (the previous run's)."""
     keys, vecs = prep.items
-    ids = _today_ids(prep)
+    ids = prep.driver_ids()
     k = params.k
     with stage(spark, report, "carry") as info:
-        table = io.read_parquet_table(spark, previous.path, ["item_id", "neighbor_id", "score"])
-        item = pc.index_in(table.column("item_id").cast(ids.type), value_set=ids)
-        nbr = pc.index_in(table.column("neighbor_id").cast(ids.type), value_set=ids)
-        item = item.fill_null(-1).to_numpy().astype(np.int64)
-        nbr = nbr.fill_null(-1).to_numpy().astype(np.int64)
+        item, nbr, score = read_pairs(spark, previous.path, ids)
         positions = np.arange(len(keys), dtype=np.int64)
-        pos, scores = search.carried_graph(
-            positions, item, nbr, table.column("score").to_numpy(), k, previous.stale
-        )
+        pos, scores = search.carried_graph(positions, item, nbr, score, k, previous.stale)
         info["rows"] = int((pos >= 0).sum())
     with stage(spark, report, "index") as info:
         index = search.CellIndex(keys, vecs, params, n_threads, centroids=previous.index.centroids)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from knnspark.errors import InputError
 from knnspark.kernel import mix64
@@ -46,8 +47,12 @@ __all__ = [
     "IndexParts",
     "SavedIndex",
     "content_hash",
+    "driver_items",
     "fingerprint",
     "id_hashes",
+    "read_index",
+    "read_pairs",
+    "save_index",
     "string_hashes",
     "vector_hashes",
 ]
@@ -273,17 +278,13 @@ def parse_index(path: str, text: str, centroid_bytes: bytes | None) -> SavedInde
 
 
 # ----------------------------------------------------------------------- write and read
-def _items_on_driver(prep: Any) -> tuple[pa.Table, int]:
+def driver_items(prep: Any) -> tuple[pa.Table, int]:
     """``item_id, vector_hash`` of a driver-held input, and its content hash."""
-    keys, vecs = prep.items
+    _, vecs = prep.items
     vec_h = vector_hashes(vecs)
-    ids = prep.ids if prep.ids is not None else pa.array(keys)
-    id_h = id_hashes(ids if prep.ids is not None else keys)
-    from pyspark.sql.pandas.types import to_arrow_type
-
-    ids = ids.cast(to_arrow_type(prep.id_type))
+    ids = prep.driver_ids()
     table = pa.table({"item_id": ids, "vector_hash": pa.array(vec_h)})
-    return table, content_hash(id_h, vec_h)
+    return table, content_hash(id_hashes(ids), vec_h)
 
 
 def _items_in_spark(prep: Any, id_col: str) -> tuple[Any, int]:
@@ -330,7 +331,7 @@ def save_index(
 
     root = f"{table_path.rstrip('/')}/{INDEX_DIR}"
     if prep.items is not None:
-        items, total = _items_on_driver(prep)
+        items, total = driver_items(prep)
         io.write_arrow(spark, f"{root}/items", items)
     else:
         items_df, total = _items_in_spark(prep, config.id_col)
@@ -354,6 +355,21 @@ def save_index(
     log.info("saved the index: %s (%d items, content hash %s)", root, prep.n_items,
              meta["fingerprint"]["content_hash"])  # fmt: skip
     return meta
+
+
+def read_pairs(spark: Any, path: str, ids: pa.Array) -> tuple[np.ndarray, ...]:
+    """A run's neighbour table at ``path`` as positions in ``ids`` (the items in key order):
+    ``item`` and ``neighbor`` (int64, ``-1`` for an id not in ``ids``) and ``score``, one
+    entry a row."""
+    from knnspark import io
+
+    table = io.read_parquet_table(spark, path, ["item_id", "neighbor_id", "score"])
+
+    def position(column: str) -> np.ndarray:
+        at = pc.index_in(table.column(column).cast(ids.type), value_set=ids)
+        return at.fill_null(-1).to_numpy().astype(np.int64)
+
+    return position("item_id"), position("neighbor_id"), table.column("score").to_numpy()
 
 
 def read_index(spark: Any, path: str) -> SavedIndex:

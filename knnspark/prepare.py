@@ -73,6 +73,16 @@ class Prepared:
     def vec_type(self) -> str:
         return "array<bigint>" if self.metric == "jaccard" else "binary"
 
+    def driver_ids(self) -> pa.Array:
+        """The ids of the driver-held ``items``, in key order, typed as the input typed them
+        (string ids the driver has not read yet come from ``id_map``, once)."""
+        keys, _ = self.items
+        if self.ids is None and self.id_map is not None:
+            tbl = self.id_map.orderBy("key").toArrow()
+            self.ids = tbl.column(self.id_map.columns[0]).combine_chunks()
+        ids = self.ids if self.ids is not None else pa.array(keys)
+        return ids.cast(to_arrow_type(self.id_type))
+
 
 def _resolve_types(df: DataFrame, config: KnnConfig) -> tuple[T.DataType, Any]:
     present = df.columns

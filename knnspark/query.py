@@ -31,13 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.pandas.types import to_arrow_type
 
 from knnspark import evaluate, kernel, sampling, search
 from knnspark.cells import cell_search_params
 from knnspark.config import KnnConfig
 from knnspark.errors import InputError
-from knnspark.index import content_hash, id_hashes, read_index, vector_hashes
+from knnspark.index import driver_items, read_index, read_pairs
 from knnspark.plan import RunPlan, decide_plan
 from knnspark.prepare import Prepared, prepare_input, prepare_on_driver
 from knnspark.progress import RunReport, stage
@@ -78,33 +77,7 @@ def _on_driver(df: DataFrame, config: KnnConfig, report: RunReport, what: str) -
                 check="query_base_too_large",
             )
         prep.items = evaluate.collect_items(prep.data, prep)
-    if prep.ids is None and prep.id_map is not None:
-        ids = prep.id_map.orderBy("key").toArrow()
-        prep.ids = ids.column(prep.id_map.columns[0]).combine_chunks()
     return prep
-
-
-def _ids(prep: Prepared) -> pa.Array:
-    """The ids in key order, as the input typed them."""
-    keys, _ = prep.items
-    ids = prep.ids if prep.ids is not None else pa.array(keys)
-    return ids.cast(to_arrow_type(prep.id_type))
-
-
-def _base_graph(spark: SparkSession, path: str, base_ids: pa.Array, width: int) -> np.ndarray:
-    """The saved neighbour table at ``path`` as positions in the base's key order: shape
-    (n, width), ``-1`` padding."""
-    tbl = spark.read.parquet(path).select("item_id", "neighbor_id", "rank").toArrow()
-    item = pc.index_in(tbl.column("item_id"), value_set=base_ids).to_numpy(zero_copy_only=False)
-    nbr = pc.index_in(tbl.column("neighbor_id"), value_set=base_ids).to_numpy(
-        zero_copy_only=False
-    )
-    rank = tbl.column("rank").to_numpy()
-    graph = np.full((len(base_ids), width), -1, dtype=np.int64)
-    ok = ~(np.isnan(item.astype(float)) | np.isnan(nbr.astype(float))) & (rank >= 1)
-    ok &= rank <= width
-    graph[item[ok].astype(np.int64), rank[ok].astype(np.int64) - 1] = nbr[ok].astype(np.int64)
-    return graph
 
 
 def query_neighbors(
@@ -147,8 +120,7 @@ def query_neighbors(
     report.timings["validate-base"] = report.timings.pop("validate", 0.0)
     with stage(spark, report, "fingerprint") as info:
         keys, vecs = base_prep.items
-        total = content_hash(id_hashes(base_prep.ids if base_prep.ids is not None else keys),
-                             vector_hashes(vecs))  # fmt: skip
+        _, total = driver_items(base_prep)  # what the run's saved index hashed
         saved.check_fingerprint(base_prep.n_items, total, "the base table (--base)")
         info["rows"] = base_prep.n_items
     q_report = RunReport()
@@ -170,7 +142,7 @@ def query_neighbors(
         dim=base_prep.dim,
         k_effective=kk,
     )
-    base_ids, q_ids = _ids(base_prep), _ids(q_prep)
+    base_ids, q_ids = base_prep.driver_ids(), q_prep.driver_ids()
     shared = 0
     if n_q and q_ids.type == base_ids.type:
         shared = int(pc.sum(pc.is_in(q_ids, value_set=base_ids)).as_py() or 0)
@@ -200,7 +172,13 @@ def query_neighbors(
         graph_pos = None
         if n_refine and n_probe < index.n_clusters:
             with stage(spark, report, "base-graph") as info:
-                graph_pos = _base_graph(spark, index_path, base_ids, int(meta["k"]))
+                # The saved table's lists in the base's positions (the table ranks by score
+                # desc, id asc: key order breaks the same ties).
+                item, nbr, score = read_pairs(spark, index_path, base_ids)
+                graph_pos, _ = search.carried_graph(
+                    np.arange(n_base, dtype=np.int64), item, nbr, score, int(meta["k"]),
+                    np.zeros(n_base, dtype=bool),
+                )  # fmt: skip
                 info["rows"] = int((graph_pos >= 0).sum())
         with stage(spark, report, "search") as info:
             _, q_vecs = q_prep.items

@@ -134,3 +134,22 @@ def test_query_an_index_saved_by_a_run_in_cells_with_string_ids(spark, tmp_path)
     assert list(ids) == [str(k) for k in q_keys[order]]
     assert tie_aware_recall(scores, want) >= 0.95
     assert all(isinstance(n, str) for n in nbrs[0])
+
+
+def test_a_one_cell_run_with_string_ids_indexes_its_ids_not_its_keys(spark, tmp_path):
+    # An input that is not a plain scan (here a distinct) is validated in Spark, and string
+    # ids reach the driver as keys (ranks): the index must hash and write the ids themselves,
+    # or a query of the same base would fail its fingerprint.
+    base = synthetic_embeddings(800, 12, seed=51)
+    keys = np.arange(800, dtype=np.int64) * 11 + 3
+    base_df = to_df(spark, keys, base, id_type="string").distinct()
+    config = KnnConfig(k=4, recall_sample=0)
+    result = publish_run(spark, base_df, config, tmp_path / "run")
+    assert result.report.resolved["search_on"] == "driver"
+    items = spark.read.parquet(str(tmp_path / "run" / INDEX_DIR / "items")).toArrow()
+    assert sorted(items.column("item_id").to_pylist()) == sorted(str(k) for k in keys)
+    got = query_neighbors(spark, str(tmp_path / "run"), base_df,
+                          to_df(spark, keys[:20], base[:20], id_type="string"), config)  # fmt: skip
+    ids, nbrs, _ = _answer(got, 20, 4)
+    assert got.report.counts["n_query_ids_in_base"] == 20
+    assert all(n in {str(k) for k in keys} for n in nbrs.ravel())
