@@ -176,7 +176,13 @@ def probed_topk(
                 own = np.flatnonzero(members[at] == query_rows[r])
                 scores[own, at[own]] = -np.inf
                 if reverse_bar is not None and reverse_out is not None:
-                    rev_r, rev_c = np.nonzero(scores >= reverse_bar[members][None, :])
+                    # Few members have a query over their bar: a column-max pass finds them,
+                    # and only their columns get the compare and nonzero passes.
+                    m_bar = reverse_bar[members]
+                    cols_hit = np.flatnonzero(scores.max(axis=0) >= m_bar)
+                    sub = scores[:, cols_hit]
+                    rev_r, rev_c = np.nonzero(sub >= m_bar[cols_hit][None, :])
+                    rev_c = cols_hit[rev_c]
                     reverse_out.append(
                         (members[rev_c], query_rows[r][rev_r], scores[rev_r, rev_c])
                     )

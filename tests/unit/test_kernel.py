@@ -156,3 +156,57 @@ def test_reverse_lists_match_brute_force(block_bytes):
     fk, fs = kernel.topk_cosine(q, qk, m, mk, 5, block_bytes=block_bytes)
     np.testing.assert_array_equal(fk, res.neighbor_keys)
     np.testing.assert_array_equal(fs, res.scores)
+
+
+@pytest.mark.parametrize("offset", [0, 2**40])  # positions (one uint64 sort) and big keys
+def test_group_ranking_and_dedupe_match_the_three_key_sort(offset):
+    rng = np.random.default_rng(11)
+    n = 20_000
+    group = rng.integers(0, 300, n) + offset
+    item = rng.integers(0, 400, n) + offset
+    # Few distinct scores: many ties within groups, and -0.0 next to 0.0.
+    score = rng.choice(np.array([0.5, 0.25, 0.0, -0.0, -0.25, 1e-30], np.float32), n)
+    g, i, s = kernel.dedupe_pairs(group, item, score)
+    order = np.lexsort((-score, item, group))  # the reference: sort, keep each pair's first
+    first = np.ones(n, dtype=bool)
+    first[1:] = (np.diff(group[order]) != 0) | (np.diff(item[order]) != 0)
+    ref = order[first]
+    assert np.array_equal(g, group[ref]) and np.array_equal(i, item[ref])
+    assert np.array_equal(s, score[ref])
+    got, rank = kernel.rank_within_groups(g, i, s)
+    want = np.lexsort((i, -s, g))
+    assert np.array_equal(got, want)
+    assert np.array_equal(rank[np.r_[True, np.diff(g[want]) != 0]], np.zeros(len(np.unique(g))))
+
+
+def test_selection_above_a_floor_is_the_full_selection():
+    rng = np.random.default_rng(12)
+    scores = np.round(rng.standard_normal((40, 5000)), 2).astype(np.float32)  # many ties
+    scores[3, 17] = -np.inf  # an excluded entry (the query itself)
+    kk = 6
+    full = kernel.select_topk(scores, kk)
+    kth = np.take_along_axis(scores, full, axis=1)[:, -1]
+    floor = kth - np.where(np.arange(40) % 2, 0, 0.015).astype(np.float32)
+    floor[5] = np.inf  # nothing passes: an empty (padded) row
+    pos, valid = kernel.select_above(scores, kk, floor)
+    keep = np.arange(40) != 5
+    assert np.array_equal(pos[keep], full[keep]) and valid[keep].all() and not valid[5].any()
+    # Most entries over their floors: the full selection, the same answer.
+    pos, valid = kernel.select_above(scores, kk, np.full(40, -np.inf, np.float32))
+    assert np.array_equal(pos, full) and valid.all()
+
+
+def test_a_scan_in_member_chunks_prunes_by_its_running_kth_and_stays_exact(monkeypatch):
+    rng = np.random.default_rng(13)
+    x = _unit(rng, 4000, 16)
+    x[100:140] = x[100]  # identical vectors: ties across chunks
+    keys = rng.permutation(10**6)[:4000].astype(np.int64)
+    calls = []
+    real = kernel.select_above
+    monkeypatch.setattr(kernel, "select_above", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernel, "MEMBER_CHUNK", 512)
+    got_keys, got_scores = kernel.topk_cosine(x, keys, x, keys, 8)
+    assert calls  # chunks after the first were pruned
+    _, _, sims = brute_force_topk(x, keys, 8)
+    assert_topk_matches(got_keys, got_scores, keys, sims, 8)
+    assert np.all(got_keys[100] == np.sort(keys[101:140])[:8])  # ties by key, self excluded
