@@ -32,18 +32,13 @@ class DecodedPQ:
         self.books, self.codes = books, codes
         self.shape = (len(codes), books.dim)
         self.dtype = np.dtype(np.float32)
-        n_codes = books.centroids.shape[1]
-        self._flat = books.centroids.reshape(-1, books.dsub)
-        self._offset = (np.arange(books.n_subspaces) * n_codes).astype(np.intp)
         self.bytes_per_vector = books.bytes_per_vector
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def __getitem__(self, rows):
-        c = self.codes[rows]
-        out = self._flat[c.astype(np.intp) + self._offset]
-        return out.reshape(*c.shape[:-1], -1)[..., : self.books.dim]
+        return pq.decode(self.books, self.codes[rows])
 
 
 class DecodedInt8:

@@ -79,3 +79,11 @@ def test_fewer_training_rows_than_codes_and_bad_arguments():
     with pytest.raises(ValueError, match="between 1 and the dimension 8"):
         pq.train_codebooks(x, 9)
     assert pq.default_n_subspaces(384) == 48 and pq.default_n_subspaces(5) == 1
+
+
+def test_codes_of_any_leading_shape_decode_row_by_row(data):
+    x, books = data
+    codes = pq.encode(books, x[:60]).reshape(6, 10, 6)  # e.g. each item's k neighbours
+    decoded = pq.decode(books, codes)
+    assert decoded.shape == (6, 10, 36)
+    assert np.array_equal(decoded.reshape(60, 36), pq.decode(books, codes.reshape(60, 6)))
