@@ -4,7 +4,7 @@
         --pq-subspaces 24 48 96 192 --search-k 10 20
 
 A prototype measurement for issue 21 (no ``--compression`` mode exists yet): the single-node
-search (:class:`knnspark.search.CellIndex`, default steps, two threads) runs over vectors that
+search (:func:`knnspark.search.search_cell`, default steps, two threads) runs over vectors that
 are decoded from their codes each time it reads them, so every product it computes is of
 compressed vectors; each item's list (``--search-k`` wide) is then re-scored exactly from the
 float32 vectors and cut to k. Modes: ``none`` (float32), ``int8`` (one scale per dimension,
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from knnspark import kernel, pq, sampling, search
+from knnspark import kernel, pq, sampling
 from knnspark.metrics import recall_per_item
-from knnspark.search import CellIndex, CellSearch
+from knnspark.search import CellSearch, search_cell
 
 
 class DecodedPQ:
@@ -56,14 +56,6 @@ class DecodedInt8:
 
     def __getitem__(self, rows):
         return self.codes[rows].astype(np.float32) * self.scale
-
-
-def _search(keys, vecs, k, threads):
-    index = CellIndex(keys, vecs, CellSearch(k=k), threads)
-    pos = scores = None
-    for step in CellSearch(k=k).resolve_recipe(index.n_clusters):
-        pos, scores, _ = search.run_step(index, step, pos, scores)
-    return pos, scores
 
 
 def main() -> None:
@@ -102,7 +94,7 @@ def main() -> None:
     for name, vecs, t_encode in coders:
         for width in args.search_k if name != "none" else [k]:
             t = time.perf_counter()
-            pos, scores = _search(keys, vecs, width, args.threads)
+            pos, scores, _ = search_cell(keys, vecs, CellSearch(k=width), args.threads)
             t_search = time.perf_counter() - t
             t = time.perf_counter()
             if name != "none":  # the exact re-rank of each list, from the float32 vectors

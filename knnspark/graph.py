@@ -39,6 +39,7 @@ __all__ = [
     "round_flags",
     "merge_graphs",
     "merge_pairs",
+    "pair_scores",
     "probed_topk",
     "push_reverse",
     "refine_queries",
@@ -608,14 +609,22 @@ def pivot_pairs(
     b = first + offset % size
     keep = member[a] != member[b]
     a, b = a[keep], b[keep]
-    scores = np.empty(len(a), dtype=np.float32)
-    one = np.ones((_PAIR_ROWS, 1), dtype=bool)
-    for s in range(0, len(a), _PAIR_ROWS):  # bounds the gathered vectors
-        sa, sb = a[s : s + _PAIR_ROWS], b[s : s + _PAIR_ROWS]
-        scores[s : s + len(sa)] = rescore(vecs[sa], vecs, sb[:, None], one[: len(sa)])[:, 0]
+    scores = pair_scores(vecs, a, b)
     hit = scores >= bar[a]
     return member[a[hit]], member[b[hit]], scores[hit]
 
 
-#: Pairs of :func:`pivot_pairs` scored at a time.
+#: Pairs :func:`pair_scores` scores at a time (bounds the gathered vectors).
 _PAIR_ROWS = 16384
+
+
+def pair_scores(vecs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 re-scores of the pairs ``(a[i], b[i])`` of rows of ``vecs`` (shape (n, d)):
+    shape (len(a),), float32, by :func:`knnspark.kernel.rescore`, the value every other step
+    gives the same pair."""
+    scores = np.empty(len(a), dtype=np.float32)
+    one = np.ones((_PAIR_ROWS, 1), dtype=bool)
+    for s in range(0, len(a), _PAIR_ROWS):
+        sa, sb = a[s : s + _PAIR_ROWS], b[s : s + _PAIR_ROWS]
+        scores[s : s + len(sa)] = rescore(vecs[sa], vecs, sb[:, None], one[: len(sa)])[:, 0]
+    return scores

@@ -135,7 +135,8 @@ def select_topk(scores: np.ndarray, kk: int) -> np.ndarray:
 def select_above(
     scores: np.ndarray, kk: int, floor: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`select_topk` of the entries at or above each row's ``floor`` (shape (b,)).
+    """:func:`select_topk` (``1 <= kk <= m``) of the entries at or above each row's ``floor``
+    (shape (b,)).
 
     An exact scan that knows a lower bound of each query's k-th score (the running top-k of
     the members scanned so far) needs only the few entries above it: one compare pass and a
@@ -155,7 +156,7 @@ def select_above(
     bar = np.maximum(floor, np.finfo(np.float32).min).astype(np.float32)
     hit = scores >= bar[:, None]
     if np.count_nonzero(hit) > b * min(m, 64 * max(kk, 1)) // 8:
-        pos = select_topk(scores, min(kk, m))
+        pos = select_topk(scores, kk)
         return pos, np.isfinite(np.take_along_axis(scores, pos, axis=1))
     r, c = np.nonzero(hit)
     order, rank = rank_within_groups(r, c, scores[r, c])
@@ -476,11 +477,7 @@ def rank_within_groups(
     rank : ndarray of shape (n,), int64
         The 0-based rank of ``order[i]`` within its group; keep ``rank < k`` for a top-k.
     """
-    key = None
-    if len(group) and group.min() >= 0 and group.max() < 1 << 32:
-        key = (group.astype(np.uint64) << np.uint64(32)) | _descending_bits(score).astype(
-            np.uint64
-        )
+    key = _pair_keys(group, _descending_bits(score))
     if key is None:
         order = np.lexsort((item, -score, group))
     else:

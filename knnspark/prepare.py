@@ -499,10 +499,11 @@ def _read_prepared_locally(
     ):
         log.info("pyarrow reads the input as %s; reading it in Spark", table.schema)
         return None
+    # An empty batch stays one (empty) slice: it gives the prepared table its schema.
     slices = [
         batch.slice(s, _LOCAL_SLICE_ROWS)
         for batch in table.to_batches()
-        for s in range(0, batch.num_rows, _LOCAL_SLICE_ROWS)
+        for s in range(0, max(batch.num_rows, 1), _LOCAL_SLICE_ROWS)
     ]
 
     def prepare(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
@@ -510,12 +511,6 @@ def _read_prepared_locally(
             udfs.prepare_batches(iter([batch]), id_col=config.id_col, vector_col=config.vector_col)
         )
 
-    if not slices:  # no rows: one pass gives the prepared table's (empty) shape
-        return pa.Table.from_batches(
-            udfs.prepare_batches(
-                iter(table.to_batches()), id_col=config.id_col, vector_col=config.vector_col
-            )
-        )
     with ThreadPoolExecutor(max(1, n_threads)) as pool:
         parts = list(pool.map(prepare, slices))
     return pa.Table.from_batches([b for part in parts for b in part])

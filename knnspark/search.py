@@ -453,13 +453,7 @@ class CellIndex:
             query = keep[keep >= 0]
             # Re-scored in float64, as every score of the graph is (the order of ``found``
             # follows the threads, but the merge sorts its candidates).
-            exact = np.empty(len(member), dtype=np.float32)
-            one = np.ones((65536, 1), dtype=bool)
-            for s in range(0, len(member), 65536):
-                rows, cols = member[s : s + 65536], query[s : s + 65536]
-                exact[s : s + len(rows)] = kernel.rescore(
-                    vecs[rows], vecs, cols[:, None], one[: len(rows)]
-                )[:, 0]
+            exact = graph.pair_scores(vecs, member, query)
             # Disjoint: the searched items' entries were dropped from every carried list, and
             # a (member, query) pair is scored once.
             rows, new_pos, new_s = graph.merge_pairs(pos, scores, member, query, exact,
