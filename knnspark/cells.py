@@ -34,7 +34,7 @@ from pyspark.resource import ResourceProfile, ResourceProfileBuilder, TaskResour
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from knnspark import sampling, search, udfs
+from knnspark import compression, sampling, search, udfs
 from knnspark.config import KnnConfig
 from knnspark.kmeans import fit_spherical_kmeans, nearest_centroids
 from knnspark.plan import RunPlan, cell_threads
@@ -199,7 +199,17 @@ def cell_search_params(config: KnnConfig, kk: int) -> CellSearch:
         seed=config.seed,
         block_bytes=config.block_bytes,
         exact=exact,
+        rerank=config.resolved_rerank,
     )
+
+
+def member_bytes(dim: int, code_bytes: int, width: int) -> int:
+    """Bytes a cell holds per member, which the cell cap divides: the float32 vector; or,
+    compressed (``code_bytes`` > 0), its codes and its short list of ``width`` neighbours (an
+    int64 position and a float32 score each): the float32 vectors are spilled to disk."""
+    if not code_bytes:
+        return 4 * dim
+    return code_bytes + 12 * width
 
 
 def _tune_on_one_cell(
@@ -250,7 +260,7 @@ def _tune_on_one_cell(
         n_homes = int(np.count_nonzero(tbl.column("home").to_numpy(zero_copy_only=False)))
         # Built by the driver: no Python worker's memory to report (0).
         stats.add({group: (len(keys), n_homes, time.perf_counter() - started,
-                           index.n_clusters, 0.0, n_threads)})  # fmt: skip
+                           index.n_clusters, 0.0, n_threads, 0.0)})  # fmt: skip
         info["rows"] = len(keys)
     log.info(
         "target recall %.3f tuned on cell %d (%d members): %s, sample recall %.4f (lower 95%% "
@@ -308,13 +318,25 @@ def cell_candidates(
     """
     n_items, dim = run_plan.n_items, run_plan.dim
     budget_mb, why = run_plan.cell_max_mb, run_plan.cell_max_mb_from
-    max_members = max(kk + 1, int(budget_mb * 2**20 // (dim * 4)))
     overlap = config.overlap
+    params = cell_search_params(config, kk)
+    code_bytes = compression.code_bytes(config.compression, dim, config.pq_subspaces)
+    width = kk * (params.rerank if code_bytes else 1)
+    max_members = max(kk + 1, int(budget_mb * 2**20 // member_bytes(dim, code_bytes, width)))
     with stage(spark, report, "sample") as info:
         wanted = cells_wanted(n_items, max_members, overlap)
         size = min(n_items, max(10_000, SAMPLE_PER_CELL * wanted))
         x = _sample(spark, data, n_items, dim, size, config.seed)
         info["rows"] = len(x)
+    codec = None
+    if code_bytes:
+        with stage(spark, report, "codebooks") as info:  # trained on the coarse cells' sample
+            codec = compression.train_codec(
+                config.compression, x, n_subspaces=config.pq_subspaces,
+                n_iter=config.kmeans_iter, seed=config.seed,
+            )  # fmt: skip
+            info["rows"] = len(x)
+        report.resolved.update(compression.describe(codec, params.rerank, kk))
     with stage(spark, report, "cells") as info:
         plan = plan_cells(x, n_items, max_members, overlap, config)
         info["rows"] = plan.n_cells
@@ -352,7 +374,6 @@ def cell_candidates(
         )
 
     rows = data.mapInArrow(assign, udfs.CELL_ROWS_SCHEMA)
-    params = cell_search_params(config, kk)
     stats = spark.sparkContext.accumulator({}, CellStats())
     tuned = None
     if config.target_recall is not None and not params.exact:
@@ -370,13 +391,15 @@ def cell_candidates(
         recipe=None if params.recipe is None else [list(step) for step in params.recipe],
     )  # fmt: skip
     search_fn = functools.partial(
-        udfs.cell_topk, params=params, dim=dim, n_threads=n_threads, stats=stats
+        udfs.cell_topk, params=params, n_threads=n_threads, stats=stats
     )
 
     def search(batches):  # a partition's Arrow batches, searched on the executor
         context = TaskContext.get()
         granted = context.cpus() if context is not None else 0
-        return udfs.cells_of_partition(batches, functools.partial(search_fn, task_cpus=granted))
+        return udfs.cells_of_partition(
+            batches, functools.partial(search_fn, task_cpus=granted), dim, codec
+        )
 
     # One partition, so one task, per group (see CellPlan.labels): the explicit partition count
     # is not coalesced by adaptive execution, and no sort by group is needed. On a cluster the
@@ -399,7 +422,7 @@ def _task_profile(cpus: int) -> ResourceProfile:
 
 class CellStats(AccumulatorParam):
     """Per-group figures of the cell tasks, ``{group: (members, homes, seconds, clusters,
-    peak RSS MB, task cores)}`` (see :func:`knnspark.udfs.cell_topk`).
+    peak RSS MB, task cores, task peak MB)}`` (see :func:`knnspark.udfs.cell_topk`).
 
     Keyed by group, so a retried or recomputed task sets its entry again instead of adding to
     it; the driver holds one small tuple per group (counts, which may grow with the cells).
@@ -419,7 +442,7 @@ def _report_cells(stats: Any, report: RunReport) -> None:
     if not groups:
         return
     columns = zip(*groups.values())
-    members, homes, seconds, clusters, rss, cpus = (
+    members, homes, seconds, clusters, rss, cpus, added = (
         np.array(v, dtype=np.float64) for v in columns
     )
     report.resolved.update(
@@ -434,6 +457,9 @@ def _report_cells(stats: Any, report: RunReport) -> None:
         cell_build_s_total=round(float(seconds.sum()), 3),
         n_cell_tasks=len(groups),
         cell_worker_peak_rss_mb_max=round(float(rss.max()), 1),
+        cell_task_peak_mb_max=(
+            round(float(np.nanmax(added)), 1) if np.isfinite(added).any() else None
+        ),
         cell_task_cpus_granted_min=int(cpus.min()),
     )
     log.info(

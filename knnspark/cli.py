@@ -489,6 +489,11 @@ def _query(args: argparse.Namespace) -> int:
             "knnspark query validates its rows with --on-invalid error only: fix or filter the "
             "invalid query rows first (knnspark run --on-invalid skip lists them)"
         )
+    if config.compression != "none":
+        raise ConfigError(
+            "knnspark query searches the saved index's float32 vectors: --compression is a "
+            "knnspark run setting; drop it here"
+        )
     _resolve_output(job)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

@@ -23,6 +23,11 @@ __all__ = ["GROUPS", "PARAMETERS", "KnnConfig", "Param", "load_toml", "merge_con
 METHODS = ("kmeans", "lsh", "exact")
 METRICS = ("cosine", "jaccard")
 ON_INVALID = ("error", "skip")
+COMPRESSION = ("none", "int8", "pq")
+#: Short-list width (x k) of each compression mode when ``rerank`` is unset: measured on the
+#: 100k word set (docs/performance.md, "Compressed vectors in the search"): int8 keeps 0.973
+#: recall at 1 (float32: 0.977), pq at dim/8 needs 2 to reach 0.84.
+DEFAULT_RERANK = {"none": 1, "int8": 1, "pq": 2}
 DEFAULT_N_PROBE = 10
 DEFAULT_N_REFINE = 2
 
@@ -169,6 +174,21 @@ class KnnConfig:
         ``error``: invalid input rows stop the job with an :class:`InputError` listing them.
         ``skip``: they are set aside with a reason (returned as a rejected-rows table, counted in
         the manifest) and the job runs on the valid rows.
+    compression : {"none", "int8", "pq"}
+        How a cell holds its members for the search: ``none`` as float32 (``4 x dim`` bytes a
+        vector); ``int8`` as int8 coordinates with one scale per vector (``dim + 4`` bytes);
+        ``pq`` as product-quantization codes (``pq_subspaces`` bytes), trained on the coarse
+        k-means sample on the driver. A compressed search keeps ``rerank x k`` neighbours per
+        item by the decoded vectors' products, then re-scores them exactly from the float32
+        vectors (which a cell task spills to a local file instead of holding them) and keeps
+        the best ``k``: every score written is the true cosine. The cell cap then counts the
+        codes and the short lists, not float32 vectors, so cells hold more members. k-means
+        only (not with ``target_recall`` or ``--incremental-from``).
+    pq_subspaces : int or None
+        ``pq``: sub-spaces, i.e. bytes per coded vector (``None``: dim / 8).
+    rerank : int or None
+        Short-list width, in multiples of ``k``, that a compressed search re-scores exactly
+        (``None``: 1 for ``int8``, 2 for ``pq``).
     recall_sample : int
         About this many items (a seeded hash threshold picks them, so each partition draws
         its own share) have their exact top-k computed to estimate recall (0 disables;
@@ -212,6 +232,9 @@ class KnnConfig:
     cross_cell_rounds: int = 0
     driver_search_max_items: int | None = None
     incremental_max_share: float = 0.2
+    compression: str = "none"
+    pq_subspaces: int | None = None
+    rerank: int | None = None
     on_invalid: str = "error"
     recall_sample: int = 1000
     seed: int = 42
@@ -236,6 +259,18 @@ class KnnConfig:
             raise ConfigError(
                 "set n_refine or target_recall, not both (target_recall chooses the rounds)"
             )
+        if self.compression != "none":
+            if self.resolved_method != "kmeans" or self.metric != "cosine":
+                raise ConfigError(
+                    f"compression={self.compression!r} works with the k-means search of cosine "
+                    f"vectors, not method={self.resolved_method!r}; drop --compression or use "
+                    "--method kmeans"
+                )
+            if self.target_recall is not None:
+                raise ConfigError(
+                    "compression and target_recall do not go together yet (the tuning "
+                    "searches float32 vectors); set n_probe / n_refine instead"
+                )
         if (self.n_tables is None) != (self.n_bits is None):
             raise ConfigError(
                 "set both n_tables and n_bits (or neither, to choose them from lsh_threshold)"
@@ -255,6 +290,11 @@ class KnnConfig:
         if self.method is not None:
             return self.method
         return "lsh" if self.metric == "jaccard" else "kmeans"
+
+    @property
+    def resolved_rerank(self) -> int:
+        """Short-list width of a compressed search, in multiples of ``k``."""
+        return DEFAULT_RERANK[self.compression] if self.rerank is None else self.rerank
 
     def resolve_n_clusters(self, n_items: int) -> int:
         """Number of k-means clusters for ``n_items`` items (1 for tiny tables)."""
@@ -366,6 +406,9 @@ _CONSTRAINTS = {
     "driver_search_max_items": _int_range(0, optional=True),
     "incremental_max_share": _open_unit,
     "on_invalid": _one_of(*ON_INVALID),
+    "compression": _one_of(*COMPRESSION),
+    "pq_subspaces": _int_range(1, 4096, optional=True),
+    "rerank": _int_range(1, 100, optional=True),
     "recall_sample": _int_range(0),
     "seed": _int_range(0, 2**31 - 1),
     "block_bytes": _int_range(1 << 20),
@@ -468,6 +511,13 @@ PARAMETERS: dict[str, Param] = {
         "resource profile (default: spark.executor.cores, else spark.task.cpus; local mode "
         "ignores it)",
     ),
+    "compression": Param("resources", "how a cell holds its vectors for the search: none "
+                         "(float32), int8 or pq codes, with an exact re-rank of each short "
+                         "list (k-means only)"),  # fmt: skip
+    "pq_subspaces": Param("resources", "--compression pq: bytes per coded vector (default: "
+                          "dim / 8)"),  # fmt: skip
+    "rerank": Param("resources", "a compressed search re-scores rerank x k neighbours per "
+                    "item exactly (default: 1 for int8, 2 for pq)"),  # fmt: skip
     "block_bytes": Param("resources", "memory of one query block's score matrix in the kernel",
                          flag=False),  # fmt: skip
     "on_invalid": Param("quality", "invalid input rows: error (stop and list them) or skip "
@@ -479,7 +529,9 @@ PARAMETERS: dict[str, Param] = {
 }
 
 #: The choices of the fields that have them (argparse shows and checks them).
-CHOICES = {"method": METHODS, "metric": METRICS, "on_invalid": ON_INVALID}
+CHOICES = {
+    "method": METHODS, "metric": METRICS, "on_invalid": ON_INVALID, "compression": COMPRESSION
+}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

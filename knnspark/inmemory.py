@@ -13,6 +13,7 @@ The driver then holds the graph: :class:`DriverTable` gives its rows to a writer
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -25,7 +26,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_type
 
-from knnspark import cells, evaluate, incremental, sampling, search, udfs
+from knnspark import cells, compression, evaluate, incremental, sampling, search, udfs
 from knnspark.config import KnnConfig
 from knnspark.index import IndexParts
 from knnspark.prepare import Prepared
@@ -34,6 +35,9 @@ from knnspark.progress import RunReport, stage
 __all__ = ["DriverTable", "emit", "search_in_memory", "search_on_driver"]
 
 log = logging.getLogger("knnspark")
+
+#: Rows the codebooks of a compressed search are trained on.
+CODEBOOK_SAMPLE = 20_000
 
 #: Most items per task of the emit stage (the table's file count follows).
 EMIT_TASK_ROWS = 250_000
@@ -71,10 +75,19 @@ def search_on_driver(
             spark, prep, previous, params, report, n_threads
         )
     else:
+        codec = None
+        if config.compression != "none":
+            with stage(spark, report, "codebooks") as info:
+                sample = vecs[sampling.sample_rows(keys, config.seed, CODEBOOK_SAMPLE)]
+                codec = compression.train_codec(
+                    config.compression, sample, n_subspaces=config.pq_subspaces,
+                    n_iter=config.kmeans_iter, seed=config.seed,
+                )  # fmt: skip
+                info["rows"] = len(sample)
         pos, scores, centroids = search_in_memory(
             spark, keys, vecs, params, report, n_threads,
             target_recall=None if exact else config.target_recall,
-            tune_sample=config.tune_sample,
+            tune_sample=config.tune_sample, codec=codec,
         )  # fmt: skip
     if not exact:
         with stage(spark, report, "fill-short") as info:
@@ -105,6 +118,7 @@ def search_in_memory(
     n_threads: int,
     target_recall: float | None = None,
     tune_sample: int = 1000,
+    codec: compression.Codec | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every item's top-k, searched by the driver as one cell (:mod:`knnspark.search`) in
     ``n_threads`` threads: positions (n, k) in ``keys`` (``-1`` padding), scores, and the
@@ -119,9 +133,20 @@ def search_in_memory(
     params : CellSearch
     target_recall : float, optional
         Tune the steps on a seeded sample's exact top-k (:func:`knnspark.search.tune_cell`).
+    codec : Codec, optional
+        Search the vectors' codes for ``params.rerank x k`` neighbours each, then keep the best
+        ``k`` by the exact cosine (:func:`knnspark.compression.rerank`), as a cell task does.
     """
+    kk = params.k
+    searched = vecs
+    if codec is not None:
+        with stage(spark, report, "encode") as info:
+            searched = compression.CodedVectors(codec, compression.encode(codec, vecs), vecs)
+            params = dataclasses.replace(params, k=kk * params.rerank)
+            info["rows"] = len(keys)
+        report.resolved.update(compression.describe(codec, params.rerank, kk))
     with stage(spark, report, "index") as info:
-        index = search.CellIndex(keys, vecs, params, n_threads)
+        index = search.CellIndex(keys, searched, params, n_threads)
         info["rows"] = len(keys)
 
     def progress(info: dict[str, Any]):
@@ -172,6 +197,10 @@ def search_in_memory(
             tuned_recall_ci95_low=tuned["ci95_low"],
             tune_sample=int(len(rows)),
         )
+    if codec is not None:
+        with stage(spark, report, "rerank") as info:
+            pos, scores = compression.rerank(searched, pos, min(kk, index.k))
+            info["rows"] = int((pos >= 0).sum())
     sizes = index.cluster_sizes()
     probes = [s["n_probe"] for s in steps if s["step"] == "search"]
     report.resolved.update(

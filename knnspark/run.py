@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from knnspark import cells, incremental, inmemory, io, udfs
 from knnspark.bucket_search import exact_candidates, lsh_candidates
 from knnspark.config import KnnConfig
+from knnspark.errors import ConfigError
 from knnspark.evaluate import estimate_recall, fill_short_items
 from knnspark.index import IndexParts
 from knnspark.merge import cross_cell_round, merge_candidates
@@ -93,6 +94,11 @@ def compute_neighbors(
     or searched in full when that does not pay (the report's ``resolved.incremental`` says
     which, and why).
     """
+    if incremental_from and config.compression != "none":
+        raise ConfigError(
+            f"--incremental-from updates a table searched over float32 vectors; run with "
+            f"compression='none' or drop --incremental-from (compression={config.compression!r})"
+        )
     spark = df.sparkSession
     report = RunReport()
     io.check_file_schemas(df, (config.id_col, config.vector_col))

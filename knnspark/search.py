@@ -22,6 +22,7 @@ plan (:mod:`knnspark.cells`) wrap it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from knnspark import graph, kernel, sampling
+from knnspark import compression, graph, kernel, sampling
 from knnspark.kmeans import fit_spherical_kmeans, nearest_centroids, probe_recall_curve
 from knnspark.metrics import recall_per_item
 
@@ -108,6 +109,10 @@ class CellSearch:
         The steps to run, as :func:`tune_cell` found them on one cell: ``("probe", n_probe)``
         (merged into the graph so far) and ``("refine", round)``. ``None``: probe ``n_probe``,
         then ``n_refine`` rounds.
+    rerank : int
+        Over coded vectors (:class:`knnspark.compression.CodedVectors`), the search keeps
+        ``rerank x k`` neighbours by the decoded products and the exact re-rank cuts them to
+        ``k``; unused over float32 vectors.
     """
 
     k: int
@@ -122,6 +127,7 @@ class CellSearch:
     block_bytes: int = 64 * 1024 * 1024
     exact: bool = False
     recipe: tuple[tuple[str, int], ...] | None = None
+    rerank: int = 1
 
     def resolve_n_clusters(self, n_members: int) -> int:
         if self.n_clusters is not None:
@@ -592,7 +598,7 @@ def run_step(
 
 def search_cell(
     keys: np.ndarray,
-    vecs: np.ndarray,
+    vecs: np.ndarray | compression.CodedVectors,
     params: CellSearch,
     n_threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -602,8 +608,10 @@ def search_cell(
     ----------
     keys : ndarray of shape (m,), int64
         Member keys, ascending.
-    vecs : ndarray of shape (m, d), float32
-        Their unit vectors.
+    vecs : ndarray of shape (m, d), float32, or CodedVectors
+        Their unit vectors, or their codes: then the steps search the decoded vectors for
+        ``params.rerank x k`` neighbours each, and :func:`knnspark.compression.rerank` keeps
+        the best ``k`` by the exact cosine.
 
     Returns
     -------
@@ -617,12 +625,17 @@ def search_cell(
     if width == 0:
         empty = np.zeros((len(keys), width), dtype=np.int64)
         return empty, empty.astype(np.float32), {"n_clusters": 0, "steps": []}
+    coded = isinstance(vecs, compression.CodedVectors)
+    if coded and params.rerank > 1:
+        params = dataclasses.replace(params, k=params.k * params.rerank)
     index = CellIndex(keys, vecs, params, n_threads)
     pos = scores = None
     steps = []
     for step in params.resolve_recipe(index.n_clusters):
         pos, scores, record = run_step(index, step, pos, scores)
         steps.append(record)
+    if coded:
+        pos, scores = compression.rerank(vecs, pos, width)
     info = {
         "n_clusters": index.n_clusters,
         "steps": steps,

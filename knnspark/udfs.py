@@ -8,9 +8,11 @@ call them on hand-made Arrow batches without Spark.
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from knnspark import graph, kernel, lsh, search
+from knnspark import compression, graph, kernel, lsh, search
 from knnspark.buckets import ROLE_BOTH, ROLE_MEMBER, ROLE_QUERY, BucketPlan, bucket_rows
 from knnspark.jaccard import Sets, topk_jaccard
 from knnspark.kmeans import nearest_centroids
@@ -679,27 +681,43 @@ def cell_assign_batches(
 
 
 def cell_topk(
-    table: pa.Table,
+    group: int,
+    keys: np.ndarray,
+    vecs: np.ndarray | compression.CodedVectors,
+    n_homes: int,
     params: search.CellSearch,
-    dim: int,
     n_threads: int,
     stats: object | None = None,
     task_cpus: int = 0,
+    started: float | None = None,
+    memory_mark: float = float("nan"),
 ) -> pa.Table:
     """Candidate pairs ``(key, nbr, score)`` of one cell group: the in-cell top-k of each of
-    its members, found by :func:`knnspark.search.search_cell` in ``n_threads`` threads.
+    its members (keys ascending; float32 vectors or their codes), found by
+    :func:`knnspark.search.search_cell` in ``n_threads`` threads.
 
-    The vectors are gathered into key order straight from the Arrow chunks, one float32 copy
-    (a cell is the largest thing a task holds). ``stats`` (a Spark accumulator of a dict, see
-    :func:`knnspark.cells.CellStats`), when given, gets ``{group: (members, homes, seconds,
-    fine clusters, peak RSS MB, task_cpus)}`` (``task_cpus``: the cores Spark granted the task,
-    0 if unknown): keyed by group, so a retried task sets the same entry again.
+    ``stats`` (a Spark accumulator of a dict, see :func:`knnspark.cells.CellStats`), when
+    given, gets ``{group: (members, homes, seconds, fine clusters, peak RSS MB, task_cpus,
+    task peak MB)}`` (``task_cpus``: the cores Spark granted the task, 0 if unknown; task
+    peak: the most resident memory the task added over ``memory_mark``, see
+    :func:`_memory_mark`): keyed by group, so a retried task sets the same entry again.
     """
     _maybe_fail("cell_topk")
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
+    pos, scores, info = search.search_cell(keys, vecs, params, n_threads)
+    out = graph_candidates(keys, pos, scores)
+    if stats is not None:
+        seconds = time.perf_counter() - started
+        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb(),
+                           task_cpus, _task_peak_mb(memory_mark))})  # fmt: skip
+    return out
+
+
+def _cell_matrix(table: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A group's keys, ascending, and their float32 vectors in that order, gathered straight
+    from the Arrow chunks (one copy: a cell is the largest thing a task holds)."""
     keys = _column(table, "key").to_numpy().astype(np.int64)
     order = np.argsort(keys, kind="stable")
-    keys = keys[order]
     vecs = np.empty((len(keys), dim), dtype=np.float32)
     dest = np.empty(len(order), dtype=np.int64)
     dest[order] = np.arange(len(order))
@@ -709,27 +727,36 @@ def cell_topk(
         n = len(chunk)
         vecs[dest[offset : offset + n]] = list_to_matrix(chunk, dim)
         offset += n
-    n_homes = int(np.count_nonzero(table.column("home").to_numpy()))
-    pos, scores, info = search.search_cell(keys, vecs, params, n_threads)
-    out = graph_candidates(keys, pos, scores)
-    if stats is not None:
-        group = int(_column(table, "grp")[0].as_py()) if len(keys) else -1
-        seconds = time.perf_counter() - started
-        stats.add({group: (len(keys), n_homes, seconds, info["n_clusters"], _peak_rss_mb(),
-                           task_cpus)})  # fmt: skip
-    return out
+    return keys[order], vecs
 
 
 def cells_of_partition(
-    batches: Iterator[pa.RecordBatch], search_group: Any
+    batches: Iterator[pa.RecordBatch],
+    search_group: Any,
+    dim: int,
+    codec: compression.Codec | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The candidate rows of every cell group in one partition's batches (``grp, key, vec,
-    home``): ``search_group(table)`` (:func:`cell_topk`) for each group, in group order.
+    home``): ``search_group(group, keys, vecs, n_homes, started=...)`` (:func:`cell_topk`) for
+    each group, in group order.
 
     The cells' partitioning gives each group a partition of its own
     (:attr:`knnspark.cells.CellPlan.labels`); a partition that holds several (or none) is
     still searched group by group, so the table never depends on how groups share partitions.
+    With a ``codec``, the rows are coded batch by batch as they arrive and their float32
+    vectors spilled to a local file for the re-rank (:func:`_coded_groups`): the task never
+    holds the cell as float32.
     """
+    started = time.perf_counter()
+    mark = _memory_mark()
+    if codec is not None:
+        with _spill_dir() as where:
+            for group, keys, vecs, n_homes in _coded_groups(batches, dim, codec, where):
+                yield from search_group(
+                    group, keys, vecs, n_homes, started=started, memory_mark=mark
+                ).to_batches()
+                started = time.perf_counter()
+        return
     batches = list(batches)
     if not batches:
         return
@@ -741,7 +768,61 @@ def cells_of_partition(
     groups = np.unique(grp)
     for g in groups:
         part = table if len(groups) == 1 else table.filter(pa.array(grp == g))
-        yield from search_group(part).to_batches()
+        keys, vecs = _cell_matrix(part, dim)
+        n_homes = int(np.count_nonzero(part.column("home").to_numpy()))
+        yield from search_group(
+            int(g), keys, vecs, n_homes, started=started, memory_mark=mark
+        ).to_batches()
+        started = time.perf_counter()
+
+
+def _spill_dir() -> tempfile.TemporaryDirectory:
+    """A temporary directory on the executor's local disks (Spark's ``SPARK_LOCAL_DIRS``
+    when set, as for its own shuffle files), removed with its files when the task ends."""
+    local = [d for d in os.environ.get("SPARK_LOCAL_DIRS", "").split(",") if d]
+    return tempfile.TemporaryDirectory(prefix="knnspark-cell-", dir=local[0] if local else None)
+
+
+def _coded_groups(
+    batches: Iterator[pa.RecordBatch], dim: int, codec: compression.Codec, where: str
+) -> Iterator[tuple[int, np.ndarray, compression.CodedVectors, int]]:
+    """Each group's keys (ascending), :class:`~knnspark.compression.CodedVectors` and home
+    count, from batches coded one at a time: the codes stay in memory, the float32 rows go
+    to ``where/<group>.f32`` in arrival order, mapped read-only for the re-rank."""
+    parts: dict[int, dict[str, Any]] = {}
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        grp = batch.column("grp").to_numpy()
+        groups = np.unique(grp)
+        for g in groups:
+            part = batch if len(groups) == 1 else batch.filter(pa.array(grp == g))
+            acc = parts.get(int(g))
+            if acc is None:
+                path = os.path.join(where, f"{int(g)}.f32")
+                acc = parts[int(g)] = {"path": path, "file": open(path, "wb"), "keys": [],
+                                       "codes": [], "homes": 0}  # fmt: skip
+            x = list_to_matrix(part.column("vec"), dim)
+            acc["keys"].append(part.column("key").to_numpy().astype(np.int64))
+            acc["codes"].append(compression.encode(codec, x))
+            home = part.column("home").to_numpy(zero_copy_only=False)
+            acc["homes"] += int(np.count_nonzero(home))
+            acc["file"].write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+            del x
+    for g in sorted(parts):
+        acc = parts.pop(g)
+        acc["file"].close()
+        keys = np.concatenate(acc["keys"])
+        order = np.argsort(keys, kind="stable")
+        codes = np.concatenate(acc["codes"])[order]
+        del acc["codes"]
+        with open(acc["path"], "rb") as f:
+            spill = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        exact = np.frombuffer(spill, dtype=np.float32).reshape(len(keys), dim)
+        vecs = compression.CodedVectors(codec, codes, exact, exact_rows=order, spill=spill)
+        yield g, keys[order], vecs, acc["homes"]
+        del vecs, exact
+        os.unlink(acc["path"])
 
 
 def graph_candidates(keys: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pa.Table:
@@ -763,6 +844,35 @@ def graph_candidates(keys: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> p
             "score": scores[valid].astype(np.float32),
         }
     )
+
+
+def _status_mb(field: str) -> float:
+    """A ``VmRSS``-like field of ``/proc/self/status`` in MB (NaN where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _memory_mark() -> float:
+    """Resident MB now, after resetting the process's peak to it (Linux: ``5`` to
+    ``/proc/self/clear_refs``), so :func:`_task_peak_mb` can tell what one task added in a
+    reused Python worker. NaN where that cannot be done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return float("nan")
+    return _status_mb("VmRSS")
+
+
+def _task_peak_mb(mark: float) -> float:
+    """The most resident MB above ``mark`` (:func:`_memory_mark`) since it was taken."""
+    return _status_mb("VmHWM") - mark
 
 
 def _peak_rss_mb() -> float:
