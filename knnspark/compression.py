@@ -43,7 +43,10 @@ __all__ = [
 MODES = ("none", "int8", "pq")
 
 #: Bytes of exact float32 vectors one re-rank block gathers (its rows' lists, counted once).
-_RERANK_BYTES = 32 * 2**20
+_RERANK_BYTES = 16 * 2**20
+
+#: Rows of a spilled file gathered between two drops of its mapped pages.
+SPILL_GATHER_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -167,8 +170,8 @@ class CodedVectors:
     exact_rows : ndarray of shape (m,), int64, optional
         Row of ``exact`` holding member ``i`` (``None``: row ``i``).
     spill : mmap.mmap, optional
-        The map behind ``exact``: its pages are dropped after every re-rank block, so what
-        the re-rank read does not stay in the task's memory.
+        The map behind ``exact``: its pages are dropped as rows are gathered
+        (:meth:`exact`), so what the re-rank read does not stay in the task's memory.
     """
 
     def __init__(
@@ -191,15 +194,22 @@ class CodedVectors:
         return decode(self.codec, self.codes[rows])
 
     def exact(self, rows: np.ndarray) -> np.ndarray:
-        """Float32 vectors of members ``rows`` (shape (r,)): shape (r, d)."""
+        """Float32 vectors of members ``rows`` (shape (r,)): shape (r, d).
+
+        From a spilled file, :data:`SPILL_GATHER_ROWS` rows at a time, dropping the mapped
+        pages after each: a read fault maps the pages around it too (the kernel's fault-around),
+        so 20,000 scattered rows of a 320k x 384 file left all of its 491 MB resident; gathered
+        this way they leave about 30 MB, and read faster.
+        """
         if self._exact_rows is not None:
             rows = self._exact_rows[rows]
-        return np.asarray(self._exact[rows], dtype=np.float32)
-
-    def release(self) -> None:
-        """Drop the spilled vectors' pages from memory (they are read again when needed)."""
-        if self._spill is not None:
+        if self._spill is None:
+            return np.asarray(self._exact[rows], dtype=np.float32)
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        for s in range(0, len(rows), SPILL_GATHER_ROWS):
+            out[s : s + SPILL_GATHER_ROWS] = self._exact[rows[s : s + SPILL_GATHER_ROWS]]
             self._spill.madvise(mmap.MADV_DONTNEED)
+        return out
 
 
 def rerank(
@@ -243,5 +253,4 @@ def rerank(
         ranked_pos, ranked_scores = ranked_pos[:, :k], ranked_scores[:, :k]
         out_pos[s:e] = np.where(ranked_pos < m, ranked_pos, -1)
         out_scores[s:e] = ranked_scores
-        vectors.release()
     return out_pos, out_scores
