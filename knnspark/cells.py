@@ -106,6 +106,13 @@ def cells_wanted(n_items: int, max_members: int, overlap: int) -> int:
     return max(overlap + 1, math.ceil(overlap * n_items / (CELL_FILL * max_members)))
 
 
+def coarse_sample_size(n_items: int, n_cells: int) -> int:
+    """Rows of the seeded sample (``seed``) the coarse k-means and the codebooks of a
+    compressed search are trained on: :data:`SAMPLE_PER_CELL` per cell, at least 10,000. A
+    table the driver searches as one cell trains its codebooks on the same rows."""
+    return min(n_items, max(10_000, SAMPLE_PER_CELL * n_cells))
+
+
 #: Rounds of re-clustering an oversized cell before what is left over is cut into hash parts.
 MAX_SPLIT_ROUNDS = 3
 
@@ -324,8 +331,7 @@ def cell_candidates(
     width = kk * (params.rerank if code_bytes else 1)
     max_members = max(kk + 1, int(budget_mb * 2**20 // member_bytes(dim, code_bytes, width)))
     with stage(spark, report, "sample") as info:
-        wanted = cells_wanted(n_items, max_members, overlap)
-        size = min(n_items, max(10_000, SAMPLE_PER_CELL * wanted))
+        size = coarse_sample_size(n_items, cells_wanted(n_items, max_members, overlap))
         x = _sample(spark, data, n_items, dim, size, config.seed)
         info["rows"] = len(x)
     codec = None

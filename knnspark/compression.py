@@ -96,7 +96,7 @@ def train_codec(
         Unit vectors of a seeded sample (``pq`` trains its codebooks on them; ``int8`` needs
         no training: each vector carries its own scale, so no coordinate is ever clipped).
     n_subspaces : int or None
-        ``pq``: bytes per vector (``None``: :func:`knnspark.pq.default_n_subspaces`, dim / 8).
+        ``pq``: bytes per vector (``None``: :func:`knnspark.pq.default_n_subspaces`, dim / 2).
     """
     if mode not in MODES:
         raise ValueError(f"compression must be one of {', '.join(MODES)}, not {mode!r}")

@@ -24,10 +24,12 @@ METHODS = ("kmeans", "lsh", "exact")
 METRICS = ("cosine", "jaccard")
 ON_INVALID = ("error", "skip")
 COMPRESSION = ("none", "int8", "pq")
-#: Short-list width (x k) of each compression mode when ``rerank`` is unset: measured on the
-#: 100k word set (docs/performance.md, "Compressed vectors in the search"): int8 keeps 0.973
-#: recall at 1 (float32: 0.977), pq at dim/8 needs 2 to reach 0.84.
-DEFAULT_RERANK = {"none": 1, "int8": 1, "pq": 2}
+#: Short-list width (x k) of a compressed search when ``rerank`` is unset. Measured
+#: (docs/performance.md, "Compressed vectors in the search"): at 1, int8 keeps the word set's
+#: recall (0.954 to float32's 0.959, 1.09x the time) but not the 4M x 64 synthetic set's, whose
+#: neighbours differ by less than int8 resolves (0.973 to 0.9985); pq at 1 loses more on both.
+#: At 2 both modes reach float32's recall or better, at about 1.6-2.4x the time.
+DEFAULT_RERANK = 2
 DEFAULT_N_PROBE = 10
 DEFAULT_N_REFINE = 2
 
@@ -185,10 +187,12 @@ class KnnConfig:
         codes and the short lists, not float32 vectors, so cells hold more members. k-means
         only (not with ``target_recall`` or ``--incremental-from``).
     pq_subspaces : int or None
-        ``pq``: sub-spaces, i.e. bytes per coded vector (``None``: dim / 8).
+        ``pq``: sub-spaces, i.e. bytes per coded vector (``None``: dim / 2, 1/8 of float32;
+        dim / 8 lost too much recall on every set measured).
     rerank : int or None
         Short-list width, in multiples of ``k``, that a compressed search re-scores exactly
-        (``None``: 1 for ``int8``, 2 for ``pq``).
+        (``None``: 2; 1 halves the search's work and suits embeddings whose neighbours are
+        well apart, see docs/performance.md).
     recall_sample : int
         About this many items (a seeded hash threshold picks them, so each partition draws
         its own share) have their exact top-k computed to estimate recall (0 disables;
@@ -294,7 +298,7 @@ class KnnConfig:
     @property
     def resolved_rerank(self) -> int:
         """Short-list width of a compressed search, in multiples of ``k``."""
-        return DEFAULT_RERANK[self.compression] if self.rerank is None else self.rerank
+        return DEFAULT_RERANK if self.rerank is None else self.rerank
 
     def resolve_n_clusters(self, n_items: int) -> int:
         """Number of k-means clusters for ``n_items`` items (1 for tiny tables)."""
@@ -515,9 +519,9 @@ PARAMETERS: dict[str, Param] = {
                          "(float32), int8 or pq codes, with an exact re-rank of each short "
                          "list (k-means only)"),  # fmt: skip
     "pq_subspaces": Param("resources", "--compression pq: bytes per coded vector (default: "
-                          "dim / 8)"),  # fmt: skip
+                          "dim / 2)"),  # fmt: skip
     "rerank": Param("resources", "a compressed search re-scores rerank x k neighbours per "
-                    "item exactly (default: 1 for int8, 2 for pq)"),  # fmt: skip
+                    "item exactly (default: 2)"),  # fmt: skip
     "block_bytes": Param("resources", "memory of one query block's score matrix in the kernel",
                          flag=False),  # fmt: skip
     "on_invalid": Param("quality", "invalid input rows: error (stop and list them) or skip "

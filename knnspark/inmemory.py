@@ -36,9 +36,6 @@ __all__ = ["DriverTable", "emit", "search_in_memory", "search_on_driver"]
 
 log = logging.getLogger("knnspark")
 
-#: Rows the codebooks of a compressed search are trained on.
-CODEBOOK_SAMPLE = 20_000
-
 #: Most items per task of the emit stage (the table's file count follows).
 EMIT_TASK_ROWS = 250_000
 
@@ -78,7 +75,9 @@ def search_on_driver(
         codec = None
         if config.compression != "none":
             with stage(spark, report, "codebooks") as info:
-                sample = vecs[sampling.sample_rows(keys, config.seed, CODEBOOK_SAMPLE)]
+                # The rows a one-cell Spark task's codebooks come from: the same table.
+                size = cells.coarse_sample_size(len(keys), 1)
+                sample = vecs[sampling.sample_rows(keys, config.seed, size)]
                 codec = compression.train_codec(
                     config.compression, sample, n_subspaces=config.pq_subspaces,
                     n_iter=config.kmeans_iter, seed=config.seed,

@@ -764,16 +764,25 @@ def cells_of_partition(
     del batches
     if table.num_rows == 0:
         return
-    grp = table.column("grp").to_numpy()
-    groups = np.unique(grp)
-    for g in groups:
-        part = table if len(groups) == 1 else table.filter(pa.array(grp == g))
+    for g, part in _groups_of(table):
         keys, vecs = _cell_matrix(part, dim)
-        n_homes = int(np.count_nonzero(part.column("home").to_numpy()))
         yield from search_group(
-            int(g), keys, vecs, n_homes, started=started, memory_mark=mark
+            g, keys, vecs, _n_homes(part), started=started, memory_mark=mark
         ).to_batches()
         started = time.perf_counter()
+
+
+def _groups_of(rows: pa.Table | pa.RecordBatch) -> Iterator[tuple[int, Any]]:
+    """``(group, its rows)`` for each ``grp`` value of ``rows``, ascending."""
+    grp = rows.column("grp").to_numpy()
+    groups = np.unique(grp)
+    for g in groups:
+        yield int(g), rows if len(groups) == 1 else rows.filter(pa.array(grp == g))
+
+
+def _n_homes(rows: pa.Table | pa.RecordBatch) -> int:
+    """Rows whose ``home`` flag is set (members whose nearest cell this is)."""
+    return int(np.count_nonzero(rows.column("home").to_numpy(zero_copy_only=False)))
 
 
 def _spill_dir() -> tempfile.TemporaryDirectory:
@@ -793,20 +802,16 @@ def _coded_groups(
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        grp = batch.column("grp").to_numpy()
-        groups = np.unique(grp)
-        for g in groups:
-            part = batch if len(groups) == 1 else batch.filter(pa.array(grp == g))
-            acc = parts.get(int(g))
+        for g, part in _groups_of(batch):
+            acc = parts.get(g)
             if acc is None:
-                path = os.path.join(where, f"{int(g)}.f32")
-                acc = parts[int(g)] = {"path": path, "file": open(path, "wb"), "keys": [],
-                                       "codes": [], "homes": 0}  # fmt: skip
+                path = os.path.join(where, f"{g}.f32")
+                acc = parts[g] = {"path": path, "file": open(path, "wb"), "keys": [],
+                                  "codes": [], "homes": 0}  # fmt: skip
             x = list_to_matrix(part.column("vec"), dim)
             acc["keys"].append(part.column("key").to_numpy().astype(np.int64))
             acc["codes"].append(compression.encode(codec, x))
-            home = part.column("home").to_numpy(zero_copy_only=False)
-            acc["homes"] += int(np.count_nonzero(home))
+            acc["homes"] += _n_homes(part)
             acc["file"].write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
             del x
     for g in sorted(parts):

@@ -31,6 +31,20 @@ def _knnspark(*args, check=True, env=None):
     return proc
 
 
+def _spark_submit(job, *flags):
+    """``spark-submit jobs/<job> <flags>`` on ``local[2]`` with this interpreter; must succeed."""
+    submit = Path(sys.executable).parent / "spark-submit"
+    proc = subprocess.run(
+        [str(submit), "--master", "local[2]", "--driver-memory", "1g", str(ROOT / "jobs" / job),
+         *flags],
+        cwd=ROOT, env={**os.environ, "PYSPARK_PYTHON": sys.executable,
+                       "PYSPARK_DRIVER_PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def demo_input(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "emb"
@@ -212,15 +226,7 @@ def test_cli_and_spark_submit_query_a_saved_index(demo_input, demo_run, tmp_path
     Manifest.from_dict(manifest)
     assert manifest["resolved"]["plan"] == "query" and manifest["counts"]["n_base_items"] == 4000
     # The same flags under spark-submit (the job entry point of the query).
-    submit = Path(sys.executable).parent / "spark-submit"
-    proc = subprocess.run(
-        [str(submit), "--master", "local[2]", "--driver-memory", "1g",
-         str(ROOT / "jobs" / "query_neighbors.py"), *flags, "--output", str(tmp_path / "qs")],
-        cwd=ROOT, env={**os.environ, "PYSPARK_PYTHON": sys.executable,
-                       "PYSPARK_DRIVER_PYTHON": sys.executable},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _spark_submit("query_neighbors.py", *flags, "--output", str(tmp_path / "qs"))
 
     def rows(path):
         t = pq.read_table(path).sort_by([("item_id", "ascending"), ("rank", "ascending")])
@@ -232,3 +238,43 @@ def test_cli_and_spark_submit_query_a_saved_index(demo_input, demo_run, tmp_path
     assert refused.returncode == 2
     assert "is not the table the index" in refused.stderr and "--base" in refused.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_and_spark_submit_run_compressed_cells_to_the_same_true_cosines(demo_input, tmp_path):
+    """`knnspark run --compression pq` and `spark-submit jobs/all_items_knn.py` with the same
+    flags search int8/PQ-coded cells in Spark tasks and write the same table, whose every score
+    is the cosine of its pair; `knnspark query --compression` is refused with exit 2."""
+    import numpy as np
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    flags = ["--input", str(demo_input), "--k", "5", "--compression", "pq", "--pq-subspaces",
+             "8", "--driver-search-max-items", "0", "--cell-max-mb", "0.05",
+             "--recall-sample", "200", "--driver-memory", "1g"]  # fmt: skip
+    _knnspark("run", *flags, "--output", str(tmp_path / "cli"), "--master", "local[2]")
+    _spark_submit("all_items_knn.py", *flags, "--output", str(tmp_path / "job"))
+    manifest = json.loads((tmp_path / "job" / "_manifest.json").read_text())
+    Manifest.from_dict(manifest)
+    res = manifest["resolved"]
+    assert res["plan"] == "cells" and res["n_cells"] > 1
+    assert (res["compression"], res["bytes_per_vector"], res["rerank_depth"]) == ("pq", 8, 10)
+    assert manifest["recall"]["recall_at_k"] >= 0.9
+
+    def rows(path):
+        t = pq.read_table(path).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+        return t.select(["item_id", "neighbor_id", "rank", "score"])
+
+    table = rows(tmp_path / "job")
+    assert table.to_pylist() == rows(tmp_path / "cli").to_pylist()
+    emb = ds.dataset(demo_input).to_table()
+    x = np.asarray(emb.column("vector").to_pylist(), dtype=np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    row = {int(i): r for r, i in enumerate(emb.column("id").to_pylist())}
+    a = [row[int(i)] for i in table.column("item_id").to_pylist()]
+    b = [row[int(i)] for i in table.column("neighbor_id").to_pylist()]
+    np.testing.assert_allclose(table.column("score").to_numpy(),
+                               np.einsum("id,id->i", x[a], x[b]), atol=1e-6)  # fmt: skip
+    refused = _knnspark("query", "--index", str(tmp_path / "job"), "--base", str(demo_input),
+                        "--input", str(demo_input), "--output", str(tmp_path / "q"),
+                        "--compression", "int8", check=False)  # fmt: skip
+    assert refused.returncode == 2 and "--compression is a knnspark run setting" in refused.stderr

@@ -11,10 +11,10 @@ from tests.conftest import to_df
 from tests.oracle import assert_invariants, brute_force_topk, table_arrays
 
 #: (driver_search_max_items, cell_max_mb): several cells searched by Spark tasks (at int8 and
-#: k = 10 a member costs 28 + 120 bytes of the cap: 0.06 MB is about 425 members), and the
-#: one cell searched by the driver.
+#: k = 10 a member costs 28 + 2 x 120 bytes of the cap: 0.12 MB is about 470 members), and
+#: the one cell searched by the driver.
 PLANS = pytest.mark.parametrize(
-    "driver_max, cell_max_mb", [(0, 0.06), (20_000, None)], ids=["cells", "driver"]
+    "driver_max, cell_max_mb", [(0, 0.12), (20_000, None)], ids=["cells", "driver"]
 )
 
 
@@ -53,7 +53,7 @@ def test_compressed_search_writes_true_cosines_at_high_recall(
         assert res["plan"] == "in-memory"
     else:
         assert res["plan"] == "cells" and res["n_cells"] > 1
-        assert res["cell_max_members"] == int(0.06 * 2**20 // (res["bytes_per_vector"]
+        assert res["cell_max_members"] == int(0.12 * 2**20 // (res["bytes_per_vector"]
                                                                + 12 * res["rerank_depth"]))
     assert result.report.counts["n_items_short_of_k"] == 0
 
@@ -74,7 +74,7 @@ def test_compression_keeps_recall_close_to_float32(spark, clustered):
 def test_compressed_table_does_not_depend_on_the_partitioning(spark, clustered):
     keys, x = clustered
     cfg = KnnConfig(k=10, target_bucket_size=150, compression="pq", pq_subspaces=8,
-                    driver_search_max_items=0, cell_max_mb=0.06, recall_sample=0)  # fmt: skip
+                    driver_search_max_items=0, cell_max_mb=0.12, recall_sample=0)  # fmt: skip
     tables = []
     for parts in (1, 7):
         df = to_df(spark, keys, x).repartition(parts)
@@ -94,3 +94,20 @@ def test_compression_is_refused_where_it_has_no_meaning(spark, clustered):
             to_df(spark, keys[:50], x[:50]), KnnConfig(compression="int8"),
             incremental_from="/nonexistent",
         )  # fmt: skip
+
+
+def test_a_one_cell_table_is_the_same_table_on_the_driver_and_in_a_task(spark, clustered):
+    """PQ codebooks come from the same seeded sample rows in both plans, so the driver's
+    search and one cell task's write the same table."""
+    keys, x = clustered
+    base = dict(k=10, target_bucket_size=150, n_probe=3, compression="pq", pq_subspaces=8,
+                recall_sample=0)  # fmt: skip
+    tables = []
+    for driver_max in (20_000, 0):
+        result = compute_neighbors(
+            to_df(spark, keys, x), KnnConfig(driver_search_max_items=driver_max, **base)
+        )
+        assert result.report.resolved.get("n_cells", 1) == 1
+        tables.append(table_arrays(result.table))
+    for col in ("item_id", "neighbor_id", "rank", "score"):
+        np.testing.assert_array_equal(tables[0][col], tables[1][col])

@@ -78,7 +78,7 @@ def test_fewer_training_rows_than_codes_and_bad_arguments():
     assert np.array_equal(pq.decode(books, pq.encode(books, x)), x)  # each row its own code
     with pytest.raises(ValueError, match="between 1 and the dimension 8"):
         pq.train_codebooks(x, 9)
-    assert pq.default_n_subspaces(384) == 48 and pq.default_n_subspaces(5) == 1
+    assert pq.default_n_subspaces(384) == 192 and pq.default_n_subspaces(5) == 3
 
 
 def test_codes_of_any_leading_shape_decode_row_by_row(data):
