@@ -210,6 +210,16 @@ def cell_search_params(config: KnnConfig, kk: int) -> CellSearch:
     )
 
 
+def train_codec(config: KnnConfig, sample: np.ndarray) -> compression.Codec | None:
+    """The run's codec (``None`` without ``compression``), trained on the coarse sample's
+    rows (:func:`coarse_sample_size`): the same rows, so the same codes, whether the driver
+    or a cell task searches a one-cell table."""
+    return compression.train_codec(
+        config.compression, sample, n_subspaces=config.pq_subspaces,
+        n_iter=config.kmeans_iter, seed=config.seed,
+    )  # fmt: skip
+
+
 def member_bytes(dim: int, code_bytes: int, width: int) -> int:
     """Bytes a cell holds per member, which the cell cap divides: the float32 vector; or,
     compressed (``code_bytes`` > 0), its codes and its short list of ``width`` neighbours (an
@@ -328,7 +338,7 @@ def cell_candidates(
     overlap = config.overlap
     params = cell_search_params(config, kk)
     code_bytes = compression.code_bytes(config.compression, dim, config.pq_subspaces)
-    width = kk * (params.rerank if code_bytes else 1)
+    width = params.short_list().k if code_bytes else kk
     max_members = max(kk + 1, int(budget_mb * 2**20 // member_bytes(dim, code_bytes, width)))
     with stage(spark, report, "sample") as info:
         size = coarse_sample_size(n_items, cells_wanted(n_items, max_members, overlap))
@@ -337,10 +347,7 @@ def cell_candidates(
     codec = None
     if code_bytes:
         with stage(spark, report, "codebooks") as info:  # trained on the coarse cells' sample
-            codec = compression.train_codec(
-                config.compression, x, n_subspaces=config.pq_subspaces,
-                n_iter=config.kmeans_iter, seed=config.seed,
-            )  # fmt: skip
+            codec = train_codec(config, x)
             info["rows"] = len(x)
         report.resolved.update(compression.describe(codec, params.rerank, kk))
     with stage(spark, report, "cells") as info:

@@ -67,11 +67,9 @@ class Codec:
 
     @property
     def bytes_per_vector(self) -> int:
-        """Bytes of one coded vector."""
-        if self.mode == "int8":
-            return self.dim + 4
-        assert self.books is not None
-        return self.books.bytes_per_vector
+        """Bytes of one coded vector (:func:`code_bytes`)."""
+        m = None if self.books is None else self.books.n_subspaces
+        return code_bytes(self.mode, self.dim, m)
 
 
 def code_bytes(mode: str, dim: int, n_subspaces: int | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import tomllib
 
+from knnspark.compression import MODES as COMPRESSION
 from knnspark.errors import ConfigError
 
 __all__ = ["GROUPS", "PARAMETERS", "KnnConfig", "Param", "load_toml", "merge_config"]
@@ -23,7 +24,6 @@ __all__ = ["GROUPS", "PARAMETERS", "KnnConfig", "Param", "load_toml", "merge_con
 METHODS = ("kmeans", "lsh", "exact")
 METRICS = ("cosine", "jaccard")
 ON_INVALID = ("error", "skip")
-COMPRESSION = ("none", "int8", "pq")
 #: Short-list width (x k) of a compressed search when ``rerank`` is unset. Measured
 #: (docs/performance.md, "Compressed vectors in the search"): at 1, int8 keeps the word set's
 #: recall (0.954 to float32's 0.959, 1.09x the time) but not the 4M x 64 synthetic set's, whose

@@ -13,7 +13,6 @@ The driver then holds the graph: :class:`DriverTable` gives its rows to a writer
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -78,10 +77,7 @@ def search_on_driver(
                 # The rows a one-cell Spark task's codebooks come from: the same table.
                 size = cells.coarse_sample_size(len(keys), 1)
                 sample = vecs[sampling.sample_rows(keys, config.seed, size)]
-                codec = compression.train_codec(
-                    config.compression, sample, n_subspaces=config.pq_subspaces,
-                    n_iter=config.kmeans_iter, seed=config.seed,
-                )  # fmt: skip
+                codec = cells.train_codec(config, sample)
                 info["rows"] = len(sample)
         pos, scores, centroids = search_in_memory(
             spark, keys, vecs, params, report, n_threads,
@@ -141,7 +137,7 @@ def search_in_memory(
     if codec is not None:
         with stage(spark, report, "encode") as info:
             searched = compression.CodedVectors(codec, compression.encode(codec, vecs), vecs)
-            params = dataclasses.replace(params, k=kk * params.rerank)
+            params = params.short_list()
             info["rows"] = len(keys)
         report.resolved.update(compression.describe(codec, params.rerank, kk))
     with stage(spark, report, "index") as info:

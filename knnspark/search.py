@@ -129,6 +129,11 @@ class CellSearch:
     recipe: tuple[tuple[str, int], ...] | None = None
     rerank: int = 1
 
+    def short_list(self) -> CellSearch:
+        """These steps searching ``rerank x k`` wide: what a search over codes keeps for its
+        exact re-rank."""
+        return dataclasses.replace(self, k=self.k * self.rerank)
+
     def resolve_n_clusters(self, n_members: int) -> int:
         if self.n_clusters is not None:
             return max(1, min(self.n_clusters, n_members))
@@ -626,8 +631,8 @@ def search_cell(
         empty = np.zeros((len(keys), width), dtype=np.int64)
         return empty, empty.astype(np.float32), {"n_clusters": 0, "steps": []}
     coded = isinstance(vecs, compression.CodedVectors)
-    if coded and params.rerank > 1:
-        params = dataclasses.replace(params, k=params.k * params.rerank)
+    if coded:
+        params = params.short_list()
     index = CellIndex(keys, vecs, params, n_threads)
     pos = scores = None
     steps = []

@@ -812,7 +812,7 @@ def _coded_groups(
             acc["keys"].append(part.column("key").to_numpy().astype(np.int64))
             acc["codes"].append(compression.encode(codec, x))
             acc["homes"] += _n_homes(part)
-            acc["file"].write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+            np.ascontiguousarray(x, dtype=np.float32).tofile(acc["file"])
             del x
     for g in sorted(parts):
         acc = parts.pop(g)
